@@ -1,0 +1,270 @@
+"""Factorized readout (Klindt et al. 2017): per neuron, a spatial mask times a feature vector.
+
+The weight of neuron n on core channel c at pixel (i, j) is ``mask[n, i, j] * features[n, c]``;
+the prediction is that weighted sum of the core output plus a bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import ConfigurationError, Readout, Reduction, clamp_straight_through, match_id_index
+
+__all__ = ["FullFactorized2d", "FullSXF", "SpatialXFeatureLinear"]
+
+
+def _grid_coordinates(size: int) -> torch.Tensor:
+    """Pixel centres in grid units with align_corners=True: -1 .. 1 (0 for a single pixel)."""
+    if size == 1:
+        return torch.zeros(1, dtype=torch.float64)
+    return torch.linspace(-1.0, 1.0, size, dtype=torch.float64)
+
+
+def shift_feature_map(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Resample ``x`` (B, C, H, W) so that output pixel p holds the input at p + shift[b].
+
+    ``shift`` (B, 2) is in grid units (x along width, y along height; the map spans [-1, 1] with
+    align_corners=True). Reading a fixed mask from this map is the same as moving the mask by
+    +shift, which is how a Gaussian readout's position moves with ``shift``. Outside the map is 0.
+    """
+    batch, _, height, width = x.shape
+    ys = _grid_coordinates(height).to(x)
+    xs = _grid_coordinates(width).to(x)
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
+    grid = base.unsqueeze(0) + shift.to(x)[:, None, None, :]
+    return F.grid_sample(x, grid, align_corners=True)
+
+
+class FullFactorized2d(Readout):
+    """Factorized (spatial mask x features) readout.
+
+    Args:
+        in_shape: (channels, height, width) of the core output.
+        outdims: number of neurons N.
+        bias: learn a bias per neuron.
+        normalize: divide each neuron's mask by its L2 norm (+1e-6) before use.
+        init_noise: std of the normal initialisation of masks and features.
+        constrain_pos: use only the positive part of masks and features (values are clamped at
+            use time; the stored parameters are never modified).
+        positive_weights: use only the positive part of the features (same mechanism).
+        shared_features: {"match_ids": (N,), "shared_features": Parameter (U, C) or None}: neurons
+            with the same id share one feature vector, times a per-neuron ``scales`` (N, 1).
+        mean_activity: (N,) initial bias.
+        spatial_and_feature_reg_weight: weight of the regularizer.
+        gamma_readout: old name of ``spatial_and_feature_reg_weight`` (wins when given).
+
+    Parameters: ``spatial`` (N, H, W), ``_features`` (N, C), ``bias`` (N).
+    """
+
+    def __init__(
+        self,
+        in_shape,
+        outdims: int,
+        bias: bool,
+        normalize: bool = True,
+        init_noise: float = 1e-3,
+        constrain_pos: bool = False,
+        positive_weights: bool = False,
+        shared_features: Mapping[str, Any] | None = None,
+        mean_activity=None,
+        spatial_and_feature_reg_weight: float = 1.0,
+        gamma_readout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(in_shape, outdims, mean_activity=mean_activity)
+        if init_noise <= 0:
+            raise ValueError(f"init_noise must be positive, got {init_noise!r}")
+        self.normalize = bool(normalize)
+        self.init_noise = float(init_noise)
+        self.constrain_pos = bool(constrain_pos)
+        self.positive_weights = bool(positive_weights)
+        self.spatial_and_feature_reg_weight = self.resolve_deprecated_gamma_readout(
+            spatial_and_feature_reg_weight, gamma_readout
+        )
+        self._init_features(**dict(shared_features or {}))
+        _, height, width = self.in_shape
+        self.spatial = nn.Parameter(torch.empty(self.outdims, height, width))
+        self.register_bias(bias)
+        self.initialize(mean_activity)
+
+    def _init_features(self, match_ids=None, shared_features: nn.Parameter | None = None) -> None:
+        c = self.in_shape[0]
+        self._original_features = True
+        self._shared_features = match_ids is not None
+        if match_ids is None:
+            if shared_features is not None:
+                raise ConfigurationError("shared_features needs match_ids")
+            self._features = nn.Parameter(torch.empty(self.outdims, c))
+            return
+        n_unique, index = match_id_index(match_ids, self.outdims, "features")
+        if shared_features is not None:
+            if tuple(shared_features.shape) != (n_unique, c):
+                raise ValueError(
+                    f"shared_features must have shape ({n_unique}, {c}), got {tuple(shared_features.shape)}"
+                )
+            self._features = shared_features
+            self._original_features = False
+        else:
+            self._features = nn.Parameter(torch.empty(n_unique, c))
+        self.scales = nn.Parameter(torch.empty(self.outdims, 1))
+        self.register_buffer("feature_sharing_index", index)
+
+    def initialize(self, mean_activity=None) -> None:
+        """Masks and features ~ N(0, init_noise); bias = mean activity or 0."""
+        if mean_activity is None:
+            mean_activity = self.mean_activity
+        with torch.no_grad():
+            # meta tensors (shape-only builds, e.g. to count parameters) hold no values; their
+            # normal_ would import torch's reference kernels, which takes seconds
+            if not self.spatial.is_meta:
+                self.spatial.normal_(0, self.init_noise)
+                self._features.normal_(0, self.init_noise)
+            if self._shared_features:
+                self.scales.fill_(1.0)
+        self.initialize_bias(mean_activity)
+
+    # ------------------------------------------------------------------ effective weights
+    @property
+    def shared_features(self) -> nn.Parameter:
+        """The feature Parameter another readout can share."""
+        return self._features
+
+    def _effective_features(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        if self._shared_features:
+            rows = self.feature_sharing_index if index is None else self.feature_sharing_index[index]
+            scales = self.scales if index is None else self.scales[index]
+            features = scales * self._features[rows]
+        else:
+            features = self._features if index is None else self._features[index]
+        if self.positive_weights or self.constrain_pos:
+            features = clamp_straight_through(features, min=0.0)
+        return features
+
+    def _effective_mask(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        # selecting neurons before normalising avoids a full-size copy of a large mask
+        spatial = self.spatial if index is None else self.spatial[index]
+        if self.normalize:
+            norm = spatial.pow(2).sum(dim=1, keepdim=True).sum(dim=2, keepdim=True).sqrt() + 1e-6
+            spatial = spatial / norm
+        if self.constrain_pos:
+            spatial = clamp_straight_through(spatial, min=0.0)
+        return spatial
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Effective features (N, C) (shared, scaled and constrained as configured)."""
+        return self._effective_features()
+
+    @property
+    def normalized_spatial(self) -> torch.Tensor:
+        """Effective masks (N, H, W) (normalised and constrained as configured)."""
+        return self._effective_mask()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Full weight tensor (N, C, H, W) — large; for inspection of small readouts only."""
+        return self.normalized_spatial.unsqueeze(1) * self.features[:, :, None, None]
+
+    # ------------------------------------------------------------------ regularisation
+    def l1(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
+        """Sum over neurons of ``|mask_n|_1 * |features_n|_1``.
+
+        "mean" divides the sum by N * C * H * W (as neuralpredictors does); None returns the
+        per-neuron terms (N,).
+        """
+        reduction = self.resolve_reduction_method(reduction, average)
+        mask = self._effective_mask()
+        per_neuron = mask.reshape(self.outdims, -1).abs().sum(dim=1) * self.features.abs().sum(dim=1)
+        if reduction is None:
+            return per_neuron
+        total = per_neuron.sum()
+        if reduction == "mean":
+            c, h, w = self.in_shape
+            total = total / (self.outdims * c * h * w)
+        return total
+
+    def regularizer(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
+        """``spatial_and_feature_reg_weight * l1``."""
+        return self.l1(reduction=reduction, average=average) * self.spatial_and_feature_reg_weight
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, sample=None, shift=None, out_idx=None, **kwargs) -> torch.Tensor:
+        """Predict (B, N) responses from core features ``x`` (B, C, H, W).
+
+        Args:
+            x: core features.
+            sample: ignored (the factorized readout is deterministic).
+            shift: (B, 2) in grid units: moves every neuron's mask by +shift for that image
+                (implemented by resampling the feature map; content shifted in from outside is 0).
+            out_idx: neurons to predict (indices or boolean mask); output is (B, len(out_idx)).
+        """
+        batch, _, _, _ = self.check_input(x)
+        shift = self.check_shift(shift, batch)
+        index = self.resolve_out_idx(out_idx, x.device)
+        if shift is not None:
+            x = shift_feature_map(x, shift)
+        mask = self._effective_mask(index)
+        features = self._effective_features(index)
+        # index letters chosen so torch.einsum contracts in the same order as neuralpredictors
+        # (bit-identical outputs): n = batch, c = channel, w/h = rows/columns, o = neuron
+        y = torch.einsum("ncwh,owh->nco", x, mask)
+        y = torch.einsum("nco,oc->no", y, features)
+        if self.bias is not None:
+            y = y + (self.bias if index is None else self.bias[index])
+        return y
+
+    # ------------------------------------------------------------------ inspection
+    def neuron_features(self) -> torch.Tensor:
+        """Effective features (N, C)."""
+        return self.features
+
+    def neuron_parameters(self, chunk: int = 256) -> dict[str, np.ndarray]:
+        """Mask peak (mu_x, mu_y), spread of |mask| (sigma_x, sigma_y, sigma_xy), feature_norm, bias, features.
+
+        Positions are in grid units (x along width, y along height); the spread is the weighted
+        standard deviation / covariance of pixel positions with weights |mask| (NaN for an all-zero
+        mask). Neurons are processed ``chunk`` at a time to bound memory.
+        """
+        _, height, width = self.in_shape
+        ys, xs = _grid_coordinates(height), _grid_coordinates(width)
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        xx, yy = xx.reshape(-1), yy.reshape(-1)
+        out = {key: np.empty(self.outdims) for key in ("mu_x", "mu_y", "sigma_x", "sigma_y", "sigma_xy")}
+        with torch.no_grad():
+            for start in range(0, self.outdims, chunk):
+                index = torch.arange(start, min(start + chunk, self.outdims))
+                weights = self._effective_mask(index).reshape(len(index), -1).abs().double().cpu()
+                peak = weights.argmax(dim=1)
+                total = weights.sum(dim=1, keepdim=True)
+                p = weights / total.where(total > 0, torch.full_like(total, float("nan")))
+                mean_x, mean_y = (p * xx).sum(1), (p * yy).sum(1)
+                dx, dy = xx - mean_x[:, None], yy - mean_y[:, None]
+                sl = slice(start, start + len(index))
+                out["mu_x"][sl] = xx[peak].numpy()
+                out["mu_y"][sl] = yy[peak].numpy()
+                out["sigma_x"][sl] = (p * dx * dx).sum(1).sqrt().numpy()
+                out["sigma_y"][sl] = (p * dy * dy).sum(1).sqrt().numpy()
+                out["sigma_xy"][sl] = (p * dx * dy).sum(1).numpy()
+            out.update(self._base_neuron_parameters(self.neuron_features()))
+        return out
+
+    def _repr_extras(self) -> str:
+        text = ""
+        if self._shared_features:
+            text += ", with {} features".format("original" if self._original_features else "shared")
+        text += ", normalized" if self.normalize else ", unnormalized"
+        return text
+
+
+class SpatialXFeatureLinear(FullFactorized2d):
+    """Old name of :class:`FullFactorized2d` (kept so configs that name it still work)."""
+
+
+class FullSXF(FullFactorized2d):
+    """Old name of :class:`FullFactorized2d`."""
