@@ -1,1 +1,82 @@
+"""DataJoint tables of the pipeline: configs by hash, trained models, scores, readout parameters.
 
+Importing this package touches no database. Call :func:`activate` to connect (``DJ_HOST``... from
+the environment, or the embedded PostgreSQL server) and bind the tables::
+
+    import schemas
+    schemas.activate()                       # or activate("myprefix_")
+    key = schemas.Model.add_entry("pipeline.models.stacked_core_full_gauss_readout", {...})
+    schemas.populate_all()                   # what each worker runs
+    schemas.results()                        # pandas: configs as columns, scores
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it (imported on first use: datajoint is imported lazily)
+_EXPORTS = {
+    "activate": "connection",
+    "active_connection": "connection",
+    "drop_all": "connection",
+    "schema_name": "connection",
+    "connection_settings_from_env": "connection",
+    "Fabrikant": "configs",
+    "Seed": "configs",
+    "Dataset": "configs",
+    "Model": "configs",
+    "Trainer": "configs",
+    "Experiments": "configs",
+    "TrainedModel": "trained_model",
+    "TrainingProgress": "progress",
+    "Checkpoint": "progress",
+    "TrainingInterrupted": "progress",
+    "request_stop": "progress",
+    "clear_stop": "progress",
+    "stop_requested": "progress",
+    "DataInfo": "downstream",
+    "NeuronScore": "downstream",
+    "ReadoutParameters": "downstream",
+    "populate_all": "jobs",
+    "clear_orphaned_reservations": "jobs",
+    "job_status": "jobs",
+    "running_jobs": "jobs",
+    "errors": "jobs",
+    "retry_errors": "jobs",
+    "ignore_errors": "jobs",
+    "computed_tables": "jobs",
+    "results": "result_table",
+    "create_views": "views",
+    "TRAINED_MODEL_VIEW": "views",
+    "NEURON_VIEW": "views",
+}
+
+__all__ = sorted(_EXPORTS)
+_SUBMODULES = {
+    "embedded",
+    "configs",
+    "trained_model",
+    "downstream",
+    "jobs",
+    "views",
+    "scoring",
+    "state_io",
+    "progress",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        if name in _SUBMODULES:
+            return importlib.import_module(f".{name}", __name__)
+        raise AttributeError(f"module 'schemas' has no attribute {name!r}")
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,239 @@
+"""TrainedModel with tiny toy functions: progress, checkpoints, stop/resume, crashes, errors, workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures_db import start_worker
+
+TOY = "tests.toy_fns."
+
+
+def _register(trainer_config, seeds=(1,), model_fn="toy_model"):
+    from schemas import Dataset, Model, Seed, Trainer
+
+    Seed.insert([{"seed": s} for s in seeds], skip_duplicates=True)
+    keys = {
+        **Dataset.add_entry(TOY + "toy_dataset", {"n_trials": 24}),
+        **Model.add_entry(TOY + model_fn, {}),
+        **Trainer.add_entry(TOY + "toy_trainer", trainer_config),
+    }
+    return keys
+
+
+def _wait_for(condition, timeout=60.0, interval=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _result(process) -> dict:
+    stdout, stderr = process.communicate(timeout=120)
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"worker printed no result; stderr:\n{stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_populate_stores_result_progress_and_loads_back(empty_db):
+    import schemas
+    from schemas import Checkpoint, TrainedModel, TrainingProgress
+
+    key = {**_register({"epochs": 3}), "seed": 1}
+    result = schemas.populate_all(reserve_jobs=True)
+    assert result["TrainedModel"]["success_count"] == 1
+    row = (TrainedModel() & key).to_dicts()[0]
+    assert row["output"]["epochs"] == 3 and row["state_nbytes"] > 0
+    assert set(row["model_state"]) == {"weight", "bias"} and isinstance(
+        row["model_state"]["weight"], np.ndarray
+    )
+    assert row["package_versions"]["torch"] and row["host"]
+    progress = (TrainingProgress() & key).to_dicts(order_by="epoch")
+    assert [p["epoch"] for p in progress] == [1, 2, 3]
+    assert np.allclose([p["val_correlation"] for p in progress], row["output"]["val_correlation"])
+    assert len(Checkpoint() & key) == 0  # dropped once the result is stored
+    model = TrainedModel.load_model(key)
+    from tests.toy_fns import _correlation, toy_dataset
+
+    x, y = toy_dataset(n_trials=24)["validation"]["toy"]
+    with torch.no_grad():
+        assert _correlation(model(x), y) == pytest.approx(row["score"], abs=1e-6)
+    frame = schemas.results()
+    assert len(frame) == 1 and frame.loc[0, "trainer.epochs"] == 3 and frame.loc[0, "score"] == row["score"]
+    status = schemas.job_status()
+    assert status.loc["TrainedModel", "done"] == 1 and status.loc["TrainedModel", "remaining"] == 0
+
+
+def test_training_error_is_recorded_and_nothing_half_written(empty_db):
+    import schemas
+    from schemas import TrainedModel
+
+    _register({"epochs": 3, "fail_at_epoch": 2})
+    result = TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+    assert result["success_count"] == 0 and len(result["error_list"]) == 1
+    assert len(TrainedModel()) == 0 and len(TrainedModel.StoredState()) == 0
+    errors = schemas.errors()
+    assert list(errors["table"]) == ["TrainedModel"]
+    assert "RuntimeError: toy trainer failed on purpose at epoch 2" in errors.loc[0, "error_message"]
+    assert schemas.job_status().loc["TrainedModel", "error"] == 1
+    assert schemas.ignore_errors("TrainedModel") == 1
+    assert schemas.job_status().loc["TrainedModel", "ignore"] == 1
+    with pytest.raises(ValueError, match="unknown table"):
+        schemas.retry_errors("Nope")
+
+
+def test_retry_errors_repends(empty_db):
+    import schemas
+    from schemas import TrainedModel
+
+    _register({"epochs": 1, "fail_at_epoch": 1})
+    TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+    assert schemas.retry_errors() == 1
+    assert len(schemas.errors()) == 0
+    TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+    assert len(schemas.errors()) == 1  # it ran (and failed) again
+
+
+def test_delete_removes_parts_progress_and_checkpoint(empty_db):
+    from schemas import Checkpoint, TrainedModel, TrainingProgress
+
+    key = {**_register({"epochs": 2}, seeds=(1, 2)), "seed": 1}
+    TrainedModel.populate(reserve_jobs=True)
+    Checkpoint().insert1({**key, "epoch": 1, "state": b"stale", "nbytes": 5})
+    other = {**key, "seed": 2}
+    (TrainedModel() & key).delete(prompt=False)
+    assert (
+        len(TrainedModel() & key) == 0 and len(TrainingProgress() & key) == 0 and len(Checkpoint() & key) == 0
+    )
+    assert len(TrainedModel() & other) == 1 and len(TrainingProgress() & other) == 2
+
+
+def test_large_state_needs_a_store(empty_db, tmp_path):
+    import datajoint as dj
+
+    import schemas
+    from schemas import TrainedModel
+
+    key = {**_register({"epochs": 1}, model_fn="toy_big_model"), "seed": 1}
+    saved = dict(dj.config.stores)
+    try:
+        dj.config.stores = {k: v for k, v in saved.items() if k != "models"}
+        TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+        assert len(TrainedModel()) == 0
+        assert "no object store 'models' is configured" in schemas.errors().loc[0, "error_message"]
+        schemas.retry_errors()
+        dj.config.stores = {**saved, "models": {"protocol": "file", "location": str(tmp_path)}}
+        TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+        assert len(schemas.errors()) == 0
+        row = (TrainedModel() & key).to_dicts()[0]
+        assert row["model_state"] is None and row["state_nbytes"] > 8 * 2**20
+        state = TrainedModel.fetch_state(key)
+        assert state["extra"][-1].item() == 3_000_000 - 1
+    finally:
+        dj.config.stores = saved
+
+
+def test_two_worker_processes_train_every_key_once(empty_db, worker_env):
+    from schemas import TrainedModel, TrainingProgress
+
+    _register({"epochs": 2, "sleep": 0.05}, seeds=(1, 2, 3, 4))
+    workers = [start_worker(worker_env) for _ in range(2)]
+    results = [_result(w) for w in workers]
+    assert sum(r["success_count"] for r in results) == 4
+    assert len(TrainedModel()) == 4
+    assert len(TrainingProgress()) == 4 * 2  # every key trained once: 2 epochs each
+
+
+def test_sigterm_checkpoints_releases_job_and_resume_continues(empty_db, worker_env):
+    import schemas
+    from schemas import Checkpoint, TrainedModel, TrainingProgress
+
+    key = {**_register({"epochs": 6, "sleep": 0.3}), "seed": 1}
+    worker = start_worker(worker_env)
+    assert _wait_for(lambda: len(TrainingProgress() & key) >= 1), "no progress row appeared"
+    worker.send_signal(signal.SIGTERM)
+    assert _result(worker)["interrupted"] is True
+    assert worker.returncode == 0
+    assert len(TrainedModel()) == 0
+    epoch = (Checkpoint() & key).to_dicts()[0]["epoch"]
+    assert 1 <= epoch < 6
+    assert schemas.job_status().loc["TrainedModel", "pending"] == 1  # released, not an error
+    TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+    output = (TrainedModel() & key).to_dicts()[0]["output"]
+    assert output["resumed_from_epoch"] == epoch and output["start_epoch"] == epoch
+    assert output["epochs"] == 6  # the resumed run continued the learning curve
+    assert [p["epoch"] for p in (TrainingProgress() & key).to_dicts(order_by="epoch")] == list(range(1, 7))
+
+
+def test_killed_worker_is_cleared_and_resumed_from_checkpoint(empty_db, worker_env):
+    import schemas
+    from schemas import Checkpoint, TrainedModel
+
+    key = {**_register({"epochs": 5, "sleep": 0.3}), "seed": 1}
+    worker = start_worker(worker_env)
+    assert _wait_for(lambda: len(Checkpoint() & key) == 1), "no checkpoint appeared"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.communicate(timeout=30)
+    assert schemas.job_status().loc["TrainedModel", "reserved"] == 1
+    cleared = []
+    # the server notices the dropped connection almost at once; poll briefly
+    assert _wait_for(
+        lambda: cleared.append(schemas.clear_orphaned_reservations()) or sum(cleared) == 1, timeout=20
+    )
+    assert schemas.job_status().loc["TrainedModel", "pending"] == 1
+    epoch = (Checkpoint() & key).to_dicts()[0]["epoch"]
+    TrainedModel.populate(reserve_jobs=True, suppress_errors=True)
+    output = (TrainedModel() & key).to_dicts()[0]["output"]
+    assert epoch > 0 and output["resumed_from_epoch"] == epoch and output["start_epoch"] == epoch
+
+
+def test_live_reservations_are_not_cleared(empty_db):
+    import schemas
+    from schemas import TrainedModel
+
+    key = {**_register({"epochs": 1}), "seed": 1}
+    jobs = TrainedModel().jobs
+    jobs.refresh()
+    assert jobs.reserve(key)  # reserved by this (live) connection
+    assert schemas.clear_orphaned_reservations() == 0
+    running = schemas.running_jobs()
+    assert len(running) == 1 and running.loc[0, "seed"] == 1 and running.loc[0, "epoch"] is None
+
+
+def test_progress_recorder_checkpoints_every_k_epochs_and_on_stop(empty_db, monkeypatch):
+    import schemas
+    from schemas.progress import Checkpoint, ProgressRecorder, TrainingProgress, _checkpoint_every
+    from tests.toy_fns import ToyRecord
+
+    key = {**_register({"epochs": 1}), "seed": 1}
+    monkeypatch.setenv("SYSID_CHECKPOINT_EVERY", "2")
+    recorder = ProgressRecorder(key, empty_db.conn, every=_checkpoint_every())
+
+    def record(epoch):
+        return ToyRecord(epoch, 1.0 / epoch, float("nan"), 0.1, 0.01, {"epoch": epoch, "model": {}})
+
+    assert recorder(record(1)) is False and len(Checkpoint() & key) == 0
+    assert recorder(record(2)) is False and (Checkpoint() & key).to_dicts()[0]["epoch"] == 2
+    assert recorder(record(3)) is False and (Checkpoint() & key).to_dicts()[0]["epoch"] == 2
+    try:
+        schemas.request_stop()
+        assert recorder(record(4)) is True  # stop: checkpoint now, then end training
+    finally:
+        schemas.clear_stop()
+    assert (Checkpoint() & key).to_dicts()[0]["epoch"] == 4
+    progress = (TrainingProgress() & key).to_dicts(order_by="epoch")
+    assert [p["epoch"] for p in progress] == [1, 2, 3, 4] and progress[0][
+        "val_correlation"
+    ] is None  # NaN -> NULL
+    monkeypatch.setenv("SYSID_CHECKPOINT_EVERY", "0")
+    with pytest.raises(ValueError, match="SYSID_CHECKPOINT_EVERY"):
+        _checkpoint_every()
