@@ -1,0 +1,5 @@
+"""``python -m sysid`` runs the command line (same as the ``sysid`` script)."""
+
+from sysid.cli import main
+
+main()

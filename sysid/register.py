@@ -1,0 +1,417 @@
+"""Registration files: YAML/JSON descriptions of datasets, models, trainers and seeds, with grids.
+
+File format (YAML shown; the same structure in JSON works)::
+
+    experiment:                 # optional: names this set of combinations
+      name: demo                #   `sysid worker --restrict demo` trains only these
+      comment: two cores, two seeds
+    fabrikant: alice            # optional: who registers (a name, or {name, email, affiliation})
+    seeds: [1, 2]               # one int or a list of ints
+    dataset:                    # each section: one entry or a list of entries
+      fn: pipeline.data.static_loaders
+      config: {paths: [/data/static20457-5-9], batch_size: 64}
+    model:
+      - fn: pipeline.models.stacked_core_full_gauss_readout
+        comment: small core
+        config:
+          hidden_channels: 16
+          grid:                 # every combination of these lists becomes one entry
+            layers: [2, 3]
+            gamma_readout: [0.1, 1.0]
+            grid_mean_predictor.hidden_features: [10, 30]   # dotted keys reach nested dicts
+    trainer:
+      fn: pipeline.training.standard_trainer
+      config: {max_iter: 50}
+
+Lists outside a ``grid:`` block are ordinary values (e.g. ``paths``). The trained models are every
+combination dataset × model × trainer × seed. Every entry is validated (its function imports and
+accepts the config keys) before anything is written to the database.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SECTIONS",
+    "Entry",
+    "Plan",
+    "RegistrationError",
+    "expand_grid",
+    "load_file",
+    "parse_plan",
+    "register_plan",
+    "validate_plan",
+]
+
+#: the config sections of a registration file, in the order they are shown and inserted
+SECTIONS = ("dataset", "model", "trainer")
+_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant"}
+_ENTRY_KEYS = {"fn", "config", "comment"}
+
+
+class RegistrationError(ValueError):
+    """A registration file is malformed or holds invalid entries; ``problems`` lists every one."""
+
+    def __init__(self, problems: Sequence[str], source: str = "registration file"):
+        self.problems = list(problems)
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One config row to register.
+
+    Attributes:
+        section: "dataset", "model" or "trainer".
+        fn: dotted path of the function ("package.module.function").
+        config: keyword arguments for ``fn`` (JSON-representable).
+        comment: free text stored beside the config.
+        label: where the entry came from, for messages (e.g. ``model[0] layers=2``).
+        grid_values: the grid values that produced this entry (empty without a grid).
+    """
+
+    section: str
+    fn: str
+    config: dict[str, Any]
+    comment: str = ""
+    label: str = ""
+    grid_values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        """The config hash the database keys this entry by (``pipeline.builder.config_hash``)."""
+        from pipeline.builder import config_hash
+
+        return config_hash(self.config)
+
+    def summary(self, width: int = 60) -> str:
+        """A one-line description of the config: the grid values, or the config itself, shortened."""
+        items = self.grid_values or self.config
+        text = ", ".join(f"{k}={_short(v)}" for k, v in items.items())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@dataclass
+class Plan:
+    """Everything a registration file asks for, expanded and ready to validate and insert.
+
+    Attributes:
+        entries: mapping section -> list of entries (grids already expanded, duplicates removed).
+        seeds: the seeds (ints >= 0).
+        experiment: ``{"name": str, "comment": str}`` or None.
+        fabrikant: ``{"name": str, "email": ..., "affiliation": ...}`` or None.
+    """
+
+    entries: dict[str, list[Entry]]
+    seeds: list[int]
+    experiment: dict[str, str] | None = None
+    fabrikant: dict[str, str] | None = None
+
+    @property
+    def n_combinations(self) -> int:
+        """Number of models to train: datasets × models × trainers × seeds."""
+        n = len(self.seeds)
+        for section in SECTIONS:
+            n *= len(self.entries[section])
+        return n
+
+    def all_entries(self) -> list[Entry]:
+        """All entries, datasets first, then models, then trainers."""
+        return [e for section in SECTIONS for e in self.entries[section]]
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a registration file.
+
+    Args:
+        path: a ``.yaml``/``.yml`` or ``.json`` file (other suffixes are parsed as YAML, which is a
+            superset of JSON).
+
+    Returns:
+        The parsed document (a dict).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RegistrationError: the file cannot be parsed or is not a mapping at the top level.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"registration file not found: {path}")
+    text = path.read_text()
+    try:
+        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise RegistrationError([f"cannot parse: {err}"], source=str(path)) from err
+    if not isinstance(doc, dict):
+        raise RegistrationError(
+            [
+                f"the top level must be a mapping with sections {', '.join(SECTIONS)}, got {type(doc).__name__}"
+            ],
+            source=str(path),
+        )
+    return doc
+
+
+def _set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``dotted == "a.b"``, creating dicts on the way."""
+    *parents, last = dotted.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: i + 1])
+            raise ValueError(f"grid key {dotted!r}: {where!r} is {type(child).__name__}, not a mapping")
+        node = child
+    if last in node:
+        raise ValueError(f"grid key {dotted!r} is also set outside the grid; set it in one place only")
+    node[last] = value
+
+
+def expand_grid(config: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Expand a config's ``grid:`` block into every combination.
+
+    Args:
+        config: a config mapping; an optional key ``"grid"`` maps parameter names (dotted names
+            reach into nested dicts) to non-empty lists of values.
+
+    Returns:
+        A list of ``(config, grid_values)`` pairs, one per combination, in the order of
+        ``itertools.product`` over the grid keys as written; ``grid_values`` maps each grid key to
+        its value in that combination. Without a grid: one pair ``(copy of config, {})``.
+
+    Raises:
+        ValueError: the grid is not a mapping, a grid value is not a non-empty list, or a grid key is
+            also set outside the grid.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a mapping, got {type(config).__name__}")
+    base = {k: copy.deepcopy(v) for k, v in config.items() if k != "grid"}
+    grid = config.get("grid")
+    if grid is None:
+        return [(base, {})]
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError("'grid' must be a non-empty mapping of parameter name -> list of values")
+    for key, values in grid.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"grid keys must be non-empty strings, got {key!r}")
+        if not isinstance(values, list) or not values:
+            raise ValueError(
+                f"grid value for {key!r} must be a non-empty list of values, got {values!r} "
+                "(put a single value outside the grid)"
+            )
+    keys = list(grid)
+    combinations = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        cfg = copy.deepcopy(base)
+        for key, value in zip(keys, values):
+            _set_dotted(cfg, key, copy.deepcopy(value))
+        combinations.append((cfg, dict(zip(keys, values))))
+    return combinations
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _parse_section(section: str, raw: Any, problems: list[str]) -> list[Entry]:
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(_as_list(raw)):
+        where = f"{section}[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: must be a mapping with 'fn' and 'config', got {type(item).__name__}")
+            continue
+        unknown = set(item) - _ENTRY_KEYS
+        if unknown:
+            problems.append(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_ENTRY_KEYS)}")
+        fn = item.get("fn")
+        if not isinstance(fn, str) or "." not in fn:
+            problems.append(f"{where}: 'fn' must be a dotted path like 'package.module.function', got {fn!r}")
+            continue
+        config = item.get("config", {}) or {}
+        comment = item.get("comment", "") or ""
+        if not isinstance(comment, str):
+            problems.append(f"{where}: 'comment' must be a string")
+            comment = str(comment)
+        try:
+            expanded = expand_grid(config)
+        except ValueError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        for cfg, grid_values in expanded:
+            # the same config twice (e.g. overlapping grids) is one row in the database
+            identity = json.dumps([fn, cfg], sort_keys=True, default=repr)
+            if identity in seen:
+                continue
+            seen.add(identity)
+            label = where + (
+                " " + ", ".join(f"{k}={_short(v)}" for k, v in grid_values.items()) if grid_values else ""
+            )
+            entries.append(Entry(section, fn, cfg, comment, label, grid_values))
+    return entries
+
+
+def _parse_seeds(raw: Any, problems: list[str]) -> list[int]:
+    seeds = []
+    for value in _as_list(raw):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            problems.append(f"seeds: each seed must be a non-negative integer, got {value!r}")
+        elif value not in seeds:
+            seeds.append(value)
+    if not seeds and not problems:
+        problems.append("seeds: give at least one seed")
+    return seeds
+
+
+def _parse_named(key: str, raw: Any, problems: list[str], allowed: set[str]) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    spec = {"name": raw} if isinstance(raw, str) else raw
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str) or not spec["name"]:
+        problems.append(f"{key}: must be a name or a mapping with a non-empty 'name'")
+        return None
+    unknown = set(spec) - allowed
+    if unknown:
+        problems.append(f"{key}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return {k: str(v) for k, v in spec.items() if k in allowed and v is not None}
+
+
+def parse_plan(doc: Mapping[str, Any], source: str = "registration file") -> Plan:
+    """Turn a parsed registration document into a :class:`Plan` (structure checks only, no imports).
+
+    Args:
+        doc: the parsed file (see the module docstring for the format).
+        source: the file name, used in error messages.
+
+    Raises:
+        RegistrationError: listing every structural problem found.
+    """
+    problems: list[str] = []
+    if not isinstance(doc, Mapping):
+        raise RegistrationError([f"the top level must be a mapping, got {type(doc).__name__}"], source)
+    unknown = set(doc) - _TOP_LEVEL_KEYS
+    if unknown:
+        problems.append(f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
+    entries: dict[str, list[Entry]] = {}
+    for section in SECTIONS:
+        if doc.get(section) is None:
+            problems.append(f"missing section {section!r} (needs 'fn' and 'config')")
+            entries[section] = []
+        else:
+            entries[section] = _parse_section(section, doc[section], problems)
+    seeds = _parse_seeds(doc.get("seeds"), problems) if "seeds" in doc else []
+    if "seeds" not in doc:
+        problems.append("missing 'seeds' (one int or a list of ints)")
+    experiment = _parse_named("experiment", doc.get("experiment"), problems, {"name", "comment"})
+    fabrikant = _parse_named("fabrikant", doc.get("fabrikant"), problems, {"name", "email", "affiliation"})
+    if problems:
+        raise RegistrationError(problems, source)
+    return Plan(entries=entries, seeds=seeds, experiment=experiment, fabrikant=fabrikant)
+
+
+def _default_validator(fn: str, config: dict[str, Any], role: str) -> None:
+    from pipeline.builder import validate_config
+
+    validate_config(fn, config, role)
+
+
+def validate_plan(
+    plan: Plan,
+    validator: Callable[[str, dict[str, Any], str], Any] | None = None,
+    source: str = "registration file",
+) -> None:
+    """Check every entry without touching the database.
+
+    Each entry's function must import and accept its config keys, and its config must hash
+    (JSON-representable). All problems are collected before raising.
+
+    Args:
+        plan: from :func:`parse_plan`.
+        validator: ``validator(fn, config, role)`` (role: "dataset", "model" or "trainer") raising
+            on a bad entry; default ``pipeline.builder.validate_config``.
+        source: the file name, used in error messages.
+
+    Raises:
+        RegistrationError: listing every invalid entry.
+    """
+    validator = validator or _default_validator
+    problems = []
+    for entry in plan.all_entries():
+        try:
+            validator(entry.fn, entry.config, entry.section)
+            entry.hash  # noqa: B018  (hashing rejects configs that are not JSON-representable)
+        except (ImportError, AttributeError, ValueError, TypeError) as err:
+            problems.append(f"{entry.label}: {type(err).__name__}: {err}")
+    if problems:
+        raise RegistrationError(problems, source)
+
+
+def _fabrikant_name(schemas: Any, fabrikant: dict[str, str] | None) -> str | None:
+    """Insert the file's fabrikant (when given and new) and return its name; None means the default."""
+    if fabrikant is None:
+        return None
+    from schemas.configs import default_fabrikant
+
+    row = default_fabrikant()  # dj_username and defaults for what the file leaves out
+    row.update({"fabrikant_name": fabrikant["name"], "email": fabrikant.get("email", row["email"])})
+    row["affiliation"] = fabrikant.get("affiliation", row["affiliation"])
+    schemas.Fabrikant().insert1(row, skip_duplicates=True)
+    return fabrikant["name"]
+
+
+def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
+    """Insert a validated plan into the (activated) database.
+
+    Args:
+        plan: from :func:`parse_plan`, already checked by :func:`validate_plan`.
+        schemas: the activated ``schemas`` package.
+
+    Returns:
+        ``{"dataset": [key, ...], "model": [...], "trainer": [...], "seed": [{"seed": s}, ...]}``,
+        keys in the order of ``plan`` (existing rows are reused, not duplicated).
+    """
+    fabrikant = _fabrikant_name(schemas, plan.fabrikant)
+    tables = {"dataset": schemas.Dataset, "model": schemas.Model, "trainer": schemas.Trainer}
+    keys: dict[str, list[dict[str, Any]]] = {}
+    for section in SECTIONS:
+        table = tables[section]()
+        keys[section] = [
+            dict(table.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
+            for e in plan.entries[section]
+        ]
+    schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
+    keys["seed"] = [{"seed": s} for s in plan.seeds]
+    if plan.experiment is not None:
+        _add_experiment(schemas, plan.experiment, fabrikant, keys)
+    return keys
+
+
+def _add_experiment(
+    schemas: Any, experiment: dict[str, str], fabrikant: str | None, keys: Mapping[str, list[dict[str, Any]]]
+) -> None:
+    """Record the experiment and all its combinations (``Experiments`` and its ``Restrictions`` part)."""
+    schemas.Experiments().add_entry(
+        experiment["name"],
+        keys["dataset"],
+        keys["model"],
+        keys["trainer"],
+        [k["seed"] for k in keys["seed"]],
+        fabrikant=fabrikant,
+        comment=experiment.get("comment", ""),
+    )

@@ -1,0 +1,149 @@
+"""Fetch the DataFrames that :mod:`sysid.report` plots for one trained model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["ReportData", "fetch_report_data", "parse_key_argument", "select_model"]
+
+_MODEL_KEY = ("dataset_fn", "dataset_hash", "model_fn", "model_hash", "trainer_fn", "trainer_hash", "seed")
+
+
+@dataclass
+class ReportData:
+    """What a report needs.
+
+    Attributes:
+        key: the trained model's primary key.
+        score: its score.
+        neurons: one row per neuron: ``data_key``, ``unit_id``, ``mu_x``, ``mu_y``, ``cortex_x``,
+            ``cortex_y``, ``correlation`` (test tier when present, else validation), ``oracle``.
+        progress: one row per epoch: ``epoch``, ``train_loss``, ``val_correlation``.
+        title: a short description for plot titles.
+    """
+
+    key: dict[str, Any]
+    score: float
+    neurons: pd.DataFrame | None
+    progress: pd.DataFrame | None
+    title: str
+
+
+def parse_key_argument(text: str) -> dict[str, Any]:
+    """Parse ``sysid report KEY``: ``name=value`` pairs and/or a model-hash prefix, comma-separated.
+
+    Example: ``"3f9a2c,seed=2"`` -> ``{"model_hash_prefix": "3f9a2c", "seed": 2}``.
+
+    Raises:
+        ValueError: an unknown column name or an empty argument.
+    """
+    spec: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            spec["model_hash_prefix"] = item.lower()
+            continue
+        name, value = (s.strip() for s in item.split("=", 1))
+        if name not in _MODEL_KEY:
+            raise ValueError(f"unknown key column {name!r} in {text!r}; use {', '.join(_MODEL_KEY)}")
+        spec[name] = int(value) if name == "seed" else value
+    if not spec:
+        raise ValueError("empty KEY: give name=value pairs or a model-hash prefix")
+    return spec
+
+
+def select_model(models: pd.DataFrame, spec: Mapping[str, Any] | None) -> pd.Series:
+    """Pick one trained model from a DataFrame of ``TrainedModel`` keys and scores.
+
+    Args:
+        models: columns of the model key plus ``score``.
+        spec: from :func:`parse_key_argument`; None picks the highest score.
+
+    Raises:
+        ValueError: no trained models, or the spec matches none or several.
+    """
+    if models.empty:
+        raise ValueError("no trained models yet: register some and run `sysid worker --once`")
+    if spec is None:
+        return models.sort_values("score", ascending=False, kind="stable").iloc[0]
+    selected = models
+    for name, value in spec.items():
+        if name == "model_hash_prefix":
+            selected = selected[selected["model_hash"].str.startswith(value)]
+        else:
+            selected = selected[selected[name].astype(type(value)) == value]
+    if selected.empty:
+        raise ValueError(f"no trained model matches {dict(spec)}; see `sysid results`")
+    if len(selected) > 1:
+        options = "; ".join(
+            f"model_hash={r.model_hash[:10]} seed={r.seed}" for r in selected.head(5).itertuples()
+        )
+        raise ValueError(
+            f"{len(selected)} trained models match {dict(spec)} (e.g. {options}): add seed=... or more hash"
+        )
+    return selected.iloc[0]
+
+
+def _frame(query) -> pd.DataFrame:
+    return pd.DataFrame(query.to_dicts())
+
+
+def _per_neuron_scores(schemas: Any, key: Mapping[str, Any]) -> pd.DataFrame | None:
+    scores = _frame(schemas.NeuronScore.Unit & key)
+    if scores.empty:
+        return None
+    tiers = set(scores["tier"])
+    tier = (
+        "test"
+        if "test" in tiers and scores.loc[scores["tier"] == "test", "correlation"].notna().any()
+        else None
+    )
+    tier = tier or ("validation" if "validation" in tiers else sorted(tiers)[0])
+    chosen = scores[scores["tier"] == tier][["data_key", "unit_id", "correlation"]]
+    test = scores[scores["tier"] == "test"]
+    if "oracle" in scores.columns and not test.empty:
+        chosen = chosen.merge(test[["data_key", "unit_id", "oracle"]], on=["data_key", "unit_id"], how="left")
+    return chosen.assign(correlation_tier=tier)
+
+
+def fetch_report_data(schemas: Any, spec: Mapping[str, Any] | None = None) -> ReportData:
+    """Fetch the key, progress rows, per-neuron scores and readout parameters of one trained model.
+
+    Args:
+        schemas: the activated ``schemas`` package.
+        spec: which model (see :func:`parse_key_argument`); None: the best score.
+    """
+    from .worker import describe_key
+
+    models = _frame(schemas.TrainedModel.proj("score"))
+    row = select_model(models, spec)
+    key = {name: (int(row[name]) if name == "seed" else row[name]) for name in _MODEL_KEY}
+    progress = _frame(schemas.TrainingProgress & key)
+    progress = progress[["epoch", "train_loss", "val_correlation"]] if not progress.empty else None
+    readout = _frame(schemas.ReadoutParameters.Unit & key)
+    neurons = None
+    if not readout.empty:
+        neurons = readout[["data_key", "unit_id", "mu_x", "mu_y"]]
+        dataset = {"dataset_fn": key["dataset_fn"], "dataset_hash": key["dataset_hash"]}
+        cortex = _frame(schemas.DataInfo.Neuron & dataset)
+        if not cortex.empty:
+            neurons = neurons.merge(
+                cortex[["data_key", "unit_id", "cortex_x", "cortex_y"]],
+                on=["data_key", "unit_id"],
+                how="left",
+            )
+    scores = _per_neuron_scores(schemas, key)
+    if scores is not None:
+        neurons = scores if neurons is None else neurons.merge(scores, on=["data_key", "unit_id"], how="left")
+    for column in ("mu_x", "mu_y", "cortex_x", "cortex_y", "correlation", "oracle"):
+        if neurons is not None and column in neurons.columns:
+            neurons[column] = pd.to_numeric(neurons[column], errors="coerce")
+    # plot titles: the model and seed identify the run within a dataset/trainer; the full key is in the log
+    short = describe_key({k: key[k] for k in ("model_fn", "model_hash", "seed")})
+    title = f"{short}  score {float(row['score']):.3f}"
+    return ReportData(key=key, score=float(row["score"]), neurons=neurons, progress=progress, title=title)

@@ -1,0 +1,136 @@
+"""The ``sysid results`` table: trained models with their config values as columns, filtered and sorted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["SCORE_COLUMNS", "flatten_configs", "select_rows", "summary_columns", "varying_columns"]
+
+#: score columns shown by default, when present
+SCORE_COLUMNS = ("score", "validation_correlation", "test_correlation", "fraction_oracle", "seconds")
+
+_ROLES = ("dataset", "model", "trainer")
+
+
+def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, item in value.items():
+        name = f"{prefix}.{key}"
+        if isinstance(item, Mapping) and item:
+            _flatten(item, name, out)
+        elif isinstance(item, (list, tuple, Mapping)):
+            # lists stay one cell (JSON text), so the column is comparable and printable
+            out[name] = json.dumps(item, default=str)
+        else:
+            out[name] = item
+
+
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {}
+    return value if isinstance(value, Mapping) else {}
+
+
+def flatten_configs(df: pd.DataFrame) -> pd.DataFrame:
+    """Expand ``dataset_config``/``model_config``/``trainer_config`` columns into one column per value.
+
+    Args:
+        df: rows of trained models; config columns hold dicts (or JSON text).
+
+    Returns:
+        A copy where each config column is replaced by columns ``<role>.<key>`` (nested keys joined
+        with dots, e.g. ``model.grid_mean_predictor.type``; lists kept as JSON text).
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    df = df.copy()
+    for role in _ROLES:
+        column = f"{role}_config"
+        if column not in df.columns:
+            continue
+        rows = []
+        for value in df[column]:
+            flat: dict[str, Any] = {}
+            _flatten(_as_mapping(value), role, flat)
+            rows.append(flat)
+        expanded = pd.DataFrame(rows, index=df.index)
+        df = pd.concat([df.drop(columns=[column]), expanded], axis=1)
+    return df
+
+
+def varying_columns(
+    df: pd.DataFrame, prefixes: tuple[str, ...] = tuple(f"{r}." for r in _ROLES)
+) -> list[str]:
+    """Names of config columns (``<role>.<key>``) whose value differs between rows.
+
+    With a single row every config column counts as varying (nothing to compare against).
+    """
+    names = [c for c in df.columns if str(c).startswith(prefixes)]
+    if len(df) <= 1:
+        return names
+    return [c for c in names if df[c].astype(str).nunique(dropna=False) > 1]
+
+
+def select_rows(
+    df: pd.DataFrame,
+    filter_expr: str | None = None,
+    sort: str | None = None,
+    ascending: bool = False,
+) -> pd.DataFrame:
+    """Filter and sort a results table.
+
+    Args:
+        df: the results (e.g. from :func:`flatten_configs`).
+        filter_expr: a pandas ``DataFrame.query`` expression, e.g. ``"score > 0.2 and seed == 1"``;
+            column names with dots go in backticks: ``"`model.layers` == 2"``.
+        sort: column to sort by (default: ``score`` when present).
+        ascending: sort ascending (default descending: best scores first).
+
+    Returns:
+        The selected rows.
+
+    Raises:
+        ValueError: the filter is not a valid expression or names an unknown column, or ``sort`` is
+            not a column.
+    """
+    if filter_expr:
+        try:
+            df = df.query(filter_expr, engine="python")
+        except Exception as err:  # pandas raises NameError, SyntaxError, KeyError, TypeError ...
+            raise ValueError(
+                f"bad --filter expression {filter_expr!r}: {type(err).__name__}: {err}. "
+                f"Columns: {', '.join(map(str, df.columns))}"
+            ) from None
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"--filter expression {filter_expr!r} must be a condition, e.g. 'score > 0.2'")
+    if sort is None and "score" in df.columns:
+        sort = "score"
+    if sort is not None:
+        if sort not in df.columns:
+            raise ValueError(
+                f"cannot sort by {sort!r}: no such column. Columns: {', '.join(map(str, df.columns))}"
+            )
+        df = df.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
+    return df
+
+
+def summary_columns(df: pd.DataFrame) -> list[str]:
+    """The default columns of ``sysid results``: keys, seed, scores and the config values that vary.
+
+    Args:
+        df: a results table after :func:`sysid.render.compact_keys` (``dataset``/``model``/``trainer``
+            key columns) or before it (``<role>_fn``/``<role>_hash``).
+    """
+    keys = [
+        c
+        for c in df.columns
+        if c in ("model", "dataset", "trainer", "seed") or str(c).endswith(("_fn", "_hash"))
+    ]
+    scores = [c for c in SCORE_COLUMNS if c in df.columns]
+    return keys + scores + varying_columns(df)

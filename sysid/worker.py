@@ -1,0 +1,400 @@
+"""The worker loop: train every pending model, one job at a time, until nothing is left or told to stop.
+
+Any number of workers on any number of machines share the work through DataJoint's job
+reservations: each call of ``schemas.populate_all(reserve_jobs=True, max_calls=1)`` reserves one
+pending key per table, so no key is trained twice. Run one worker process per GPU
+(``sysid worker --device cuda:0``, ``sysid worker --device cuda:1`` ...).
+
+SIGTERM or Ctrl-C asks the running training to stop: it saves a checkpoint at the end of the
+current epoch and releases its job, which another worker then resumes; the worker exits 0.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "JobLogHandler",
+    "StopSignal",
+    "WorkerOptions",
+    "configure_device",
+    "describe_key",
+    "request_stop_from_signal",
+    "run_worker",
+]
+
+log = logging.getLogger("sysid.worker")
+
+#: a worker gives up after this many database failures in a row
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+@dataclass
+class WorkerOptions:
+    """Settings of one worker process.
+
+    Attributes:
+        device: "auto", "cpu", "cuda" or "cuda:K" (see :func:`configure_device`).
+        once: exit when no pending job is left (otherwise sleep and look again, for a service).
+        max_jobs: stop after training this many models (None: no limit).
+        restrict: train only the combinations of this experiment name (see ``Experiments``).
+        sleep: seconds to wait between polls when idle (ignored with ``once``).
+        threads: torch CPU threads for this process (None: leave torch's default).
+        clear_interval: seconds between sweeps for reservations left by dead workers.
+    """
+
+    device: str = "auto"
+    once: bool = False
+    max_jobs: int | None = None
+    restrict: str | None = None
+    sleep: float = 30.0
+    threads: int | None = None
+    clear_interval: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_jobs is not None and self.max_jobs < 1:
+            raise ValueError(f"max_jobs must be >= 1, got {self.max_jobs}")
+        if self.sleep < 0:
+            raise ValueError(f"sleep must be >= 0 seconds, got {self.sleep}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a stop request that DataJoint's own SIGTERM handler cannot pre-empt.
+
+    DataJoint's ``populate`` installs a SIGTERM handler that raises ``SystemExit`` in the middle of a
+    training, recording an error instead of a checkpoint. So the signals are blocked in every thread
+    and a small thread receives them with ``sigwait``: no Python-level handler ever runs, and the
+    worker stops at the next epoch end. Create this before torch starts its own threads, which
+    inherit the signal mask.
+
+    Args:
+        on_stop: called once (in the signal thread) when the first signal arrives.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, on_stop: Callable[[int], None]):
+        self.event = threading.Event()
+        self._on_stop = on_stop
+        self._uses_sigwait = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigwait")
+        if self._uses_sigwait:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+            threading.Thread(target=self._wait, name="sysid-signals", daemon=True).start()
+        else:  # Windows: plain handlers (DataJoint's SIGTERM handler wins during populate there)
+            for sig in self.SIGNALS:
+                signal.signal(sig, lambda signum, frame: self._received(signum))
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop signal has arrived."""
+        return self.event.is_set()
+
+    def _wait(self) -> None:
+        while True:
+            signum = signal.sigwait(self.SIGNALS)
+            self._received(signum)
+
+    def _received(self, signum: int) -> None:
+        if self.event.is_set():
+            # an impatient second signal: leave now; the reservation dies with the connection and
+            # the next worker's sweep (clear_orphaned_reservations) re-pends the job
+            log.warning("%s again: exiting without waiting for the epoch to end", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(130)
+        self.event.set()
+        self._on_stop(signum)
+
+
+def configure_device(device: str) -> str:
+    """Make ``device`` the only device this process's trainings can see; return a description.
+
+    Trainer configs name a device generically ("cuda", "auto"), and the config is part of the
+    model's hash, so the worker chooses the GPU through ``CUDA_VISIBLE_DEVICES`` instead: with
+    ``--device cuda:2`` the trainer's "cuda" is physical GPU 2. Call before CUDA is initialised.
+
+    Args:
+        device: "auto" (leave the visible devices alone), "cpu" (hide all GPUs), "cuda" or "cuda:K".
+
+    Raises:
+        ValueError: a malformed device, or a CUDA device that this machine does not have.
+    """
+    if device == "auto":
+        return "auto (cuda when available, else cpu)"
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match is None:
+        raise ValueError(f"invalid device {device!r}: use auto, cpu, cuda or cuda:K (K = GPU index)")
+    if match[1] is not None:
+        index = int(match[1])
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:  # already restricted (e.g. by a scheduler): K indexes that list
+            ids = [v.strip() for v in visible.split(",") if v.strip()]
+            if index >= len(ids):
+                raise ValueError(
+                    f"device {device!r}: CUDA_VISIBLE_DEVICES={visible!r} lists {len(ids)} GPU(s)"
+                )
+            os.environ["CUDA_VISIBLE_DEVICES"] = ids[index]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return f"{device} ({torch.cuda.get_device_name(0)})"
+
+
+def describe_key(key: Mapping[str, Any]) -> str:
+    """A short, log-friendly form of a trained-model key: hashes shortened to 8 characters.
+
+    Example: ``dataset=static_loaders:1a2b3c4d model=stacked_core…:9f8e7d6c trainer=…:01234567 seed=1``.
+    """
+    parts = []
+    for role in ("dataset", "model", "trainer"):
+        fn, digest = key.get(f"{role}_fn"), key.get(f"{role}_hash")
+        if fn is not None or digest is not None:
+            parts.append(f"{role}={str(fn).rsplit('.', 1)[-1]}:{str(digest)[:8]}")
+    if "seed" in key:
+        parts.append(f"seed={key['seed']}")
+    rest = {
+        k: v for k, v in key.items() if not k.startswith(("dataset_", "model_", "trainer_")) and k != "seed"
+    }
+    parts.extend(f"{k}={v}" for k, v in rest.items())
+    return " ".join(parts)
+
+
+_JOB_MESSAGE = re.compile(
+    r"^(?P<event>Making|Success making|Error making) (?P<key>\{.*?\}) -> (?P<table>\S+)(?: - (?P<error>.*))?$",
+    re.S,
+)
+_EVENTS = {"Making": "start", "Success making": "done", "Error making": "FAILED"}
+
+
+def table_class_name(full_table_name: str) -> str:
+    """``"sysid_pipeline"."__trained_model"`` -> ``TrainedModel`` (DataJoint's SQL name back to the class)."""
+    name = full_table_name.rsplit(".", 1)[-1].strip('`"').lstrip("_#~")
+    return "".join(part.capitalize() for part in name.split("_") if part) or full_table_name
+
+
+class JobLogHandler(logging.Handler):
+    """Re-logs DataJoint's job messages ("Making {key} -> table") as short, timestamped worker lines.
+
+    DataJoint writes them at its JOBS level (15) with the whole key; the worker log shows the table,
+    the role hashes shortened and the seed, and the job's duration when it ends.
+    """
+
+    def __init__(self, target: logging.Logger = log):
+        super().__init__(level=15)
+        self.target = target
+        self.started: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _JOB_MESSAGE.match(record.getMessage())
+        if match is None:
+            return
+        table = table_class_name(match["table"])
+        try:
+            key = ast.literal_eval(match["key"])
+            described = describe_key(key) if isinstance(key, Mapping) else match["key"]
+        except (ValueError, SyntaxError):  # keys holding values without a literal repr
+            described = match["key"]
+        event = _EVENTS[match["event"]]
+        ident = f"{table} {described}"
+        if event == "FAILED" and (match["error"] or "").startswith("TrainingInterrupted"):
+            event = "interrupted"
+        if event == "start":
+            self.started[ident] = time.monotonic()
+            self.target.info("start %s", ident)
+            return
+        seconds = time.monotonic() - self.started.pop(ident, time.monotonic())
+        if event == "done":
+            self.target.info("done  %s (%.1f s)", ident, seconds)
+        elif event == "interrupted":
+            self.target.info("interrupted %s after %.1f s: checkpoint saved, job released", ident, seconds)
+        else:
+            self.target.error("FAILED %s after %.1f s: %s", ident, seconds, (match["error"] or "").strip())
+
+
+def install_job_logging() -> JobLogHandler:
+    """Route DataJoint's job messages through :class:`JobLogHandler` (and not its own stdout handler)."""
+    dj_logger = logging.getLogger("datajoint")
+    dj_logger.setLevel(15)
+    for handler in dj_logger.handlers:
+        if not isinstance(handler, JobLogHandler):
+            handler.addFilter(lambda record: record.levelno != 15)
+    handler = JobLogHandler()
+    dj_logger.addHandler(handler)
+    return handler
+
+
+def _calls_done(result: Any) -> int:
+    """Number of keys computed by one ``populate_all`` call, whatever shape its summary has."""
+    if result is None:
+        return 0
+    if isinstance(result, bool):
+        return int(result)
+    if isinstance(result, int):
+        return result
+    if isinstance(result, Mapping):
+        if "success_count" in result:
+            return int(result["success_count"]) + len(result.get("error_list") or [])
+        return sum(_calls_done(v) for v in result.values())
+    if isinstance(result, (list, tuple)):
+        return sum(_calls_done(v) for v in result)
+    return 0
+
+
+def _restriction(schemas: Any, experiment: str | None) -> Any:
+    if experiment is None:
+        return None
+    return schemas.Experiments.experiment_keys(experiment)
+
+
+def _pending(schemas: Any) -> int:
+    """Pending jobs left (over all tables), or -1 when the schemas layer cannot tell."""
+    try:
+        status = schemas.job_status()
+    except Exception:  # a status query failing must not stop the worker
+        return -1
+    if "pending" in getattr(status, "columns", ()):
+        return int(status["pending"].fillna(0).sum())
+    return -1
+
+
+def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSignal | None = None) -> int:
+    """Populate every computed table, one key at a time, until done or stopped.
+
+    Args:
+        options: see :class:`WorkerOptions`.
+        schemas: the activated ``schemas`` package (default: activate from the environment).
+        stop: the signal catcher; default one is created here (create it earlier, before torch
+            starts threads, when possible).
+
+    Returns:
+        The number of keys this worker computed (successes and recorded errors).
+    """
+    if stop is None:
+        stop = StopSignal(lambda signum: request_stop_from_signal(schemas, signum))
+    device = configure_device(options.device)
+    if options.threads is not None:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    if schemas is None:
+        from .database import activate
+
+        schemas = activate()
+    _STATE["schemas"] = schemas
+    install_job_logging()
+    restriction = _restriction(schemas, options.restrict)
+    log.info(
+        "worker started on %s (pid %d, device %s%s)",
+        _hostname(),
+        os.getpid(),
+        device,
+        f", experiment {options.restrict!r}" if options.restrict else "",
+    )
+    last_clear = -float("inf")
+    done = trained = 0
+    failures = 0
+
+    def stopping() -> bool:
+        # the schemas layer may have received the stop request itself (e.g. its own handler)
+        return stop.stopping or bool(schemas.stop_requested())
+
+    while not stopping():
+        try:
+            if time.monotonic() - last_clear >= options.clear_interval:
+                cleared = schemas.clear_orphaned_reservations()
+                if cleared:
+                    log.info("released %d job(s) reserved by workers that are gone", cleared)
+                last_clear = time.monotonic()
+            result = schemas.populate_all(
+                restriction=restriction, reserve_jobs=True, max_calls=1, suppress_errors=True
+            )
+        except Exception as err:  # the database, not a model: errors in make() are recorded, not raised
+            failures += 1
+            if failures > MAX_CONSECUTIVE_FAILURES:
+                raise
+            # workers that start together race to create DataJoint's job tables, and servers
+            # restart: retry after a randomised back-off instead of dying
+            wait = min(2.0**failures, 30.0) * random.uniform(0.5, 1.5)
+            log.warning(
+                "database call failed (%s: %s); retry %d/%d in %.1f s",
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+                failures,
+                MAX_CONSECUTIVE_FAILURES,
+                wait,
+            )
+            stop.event.wait(wait)
+            continue
+        failures = 0
+        calls = _calls_done(result)
+        done += calls
+        # --max-jobs counts trained models (scoring a model is part of its job)
+        trained += _calls_done(result.get("TrainedModel")) if isinstance(result, Mapping) else calls
+        if stopping():
+            break
+        if options.max_jobs is not None and trained >= options.max_jobs:
+            log.info("reached --max-jobs %d", options.max_jobs)
+            break
+        if calls:
+            continue
+        if options.once:
+            pending = _pending(schemas)
+            log.info(
+                "nothing left to do%s; exiting",
+                f" ({pending} job(s) reserved by other workers or scheduled later)" if pending > 0 else "",
+            )
+            break
+        log.debug("idle: sleeping %.0f s", options.sleep)
+        stop.event.wait(options.sleep)
+    if stopping():
+        log.info(
+            "stopped by signal after %d job(s); the interrupted job (if any) was checkpointed and released",
+            done,
+        )
+    else:
+        log.info("worker finished: %d job(s)", done)
+    return done
+
+
+# the activated schemas package, for the signal thread (it may fire before activation finished)
+_STATE: dict[str, Any] = {"schemas": None}
+
+
+def request_stop_from_signal(schemas: Any, signum: int) -> None:
+    """Log the signal and ask the schemas layer to stop the running training at the epoch end.
+
+    Args:
+        schemas: the activated ``schemas`` package, or None when the signal came before activation.
+        signum: the signal number received.
+    """
+    log.warning(
+        "%s received: finishing the current epoch, saving a checkpoint and releasing the job",
+        signal.Signals(signum).name,
+    )
+    target = schemas or _STATE["schemas"]
+    if target is None:
+        import schemas as target
+    target.request_stop()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()

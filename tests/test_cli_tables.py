@@ -1,0 +1,70 @@
+"""Results and status tables without a database: key compaction, filtering, sorting, columns."""
+
+import math
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from sysid.render import compact_keys, dataframe_table, format_value
+from sysid.results import flatten_configs, select_rows, summary_columns, varying_columns
+
+
+@pytest.fixture
+def results():
+    return pd.DataFrame(
+        {
+            "model_fn": ["pipeline.models.a", "pipeline.models.a", "pipeline.models.b"],
+            "model_hash": ["1111111111aa", "2222222222bb", "3333333333cc"],
+            "seed": [1, 2, 1],
+            "score": [0.2, float("nan"), 0.4],
+            "model_config": [
+                {"layers": 2, "grid": {"x": 1}},
+                {"layers": 3, "grid": {"x": 1}},
+                '{"layers": 3}',
+            ],
+            "trainer.lr": [0.1, 0.1, 0.1],
+        }
+    )
+
+
+def test_flatten_configs_makes_one_column_per_value(results):
+    flat = flatten_configs(results)
+    assert "model_config" not in flat.columns
+    assert list(flat["model.layers"]) == [2, 3, 3]
+    assert flat["model.grid.x"].iloc[0] == 1 and math.isnan(flat["model.grid.x"].iloc[2])
+
+
+def test_select_rows_sorts_best_first_and_filters(results):
+    ordered = select_rows(results)
+    assert list(ordered["score"].iloc[:2]) == [0.4, 0.2] and math.isnan(ordered["score"].iloc[2])
+    assert list(select_rows(results, sort="seed", ascending=True)["seed"]) == [1, 1, 2]
+    flat = flatten_configs(results)
+    assert list(select_rows(flat, filter_expr="`model.layers` == 3 and seed == 1")["model_hash"]) == [
+        "3333333333cc"
+    ]
+    with pytest.raises(ValueError, match="bad --filter expression.*Columns: model_fn"):
+        select_rows(results, filter_expr="nope > 1")
+    with pytest.raises(ValueError, match="cannot sort by 'nope'"):
+        select_rows(results, sort="nope")
+
+
+def test_compact_keys_and_default_columns(results):
+    flat = flatten_configs(results)
+    compact = compact_keys(flat)
+    assert list(compact["model"]) == ["a:11111111", "a:22222222", "b:33333333"]
+    assert "model_fn" not in compact.columns and "model_hash" not in compact.columns
+    # trainer.lr is the same everywhere: not a default column; model.layers varies
+    assert varying_columns(compact) == ["model.layers", "model.grid.x"]
+    assert summary_columns(compact) == ["model", "seed", "score", "model.layers", "model.grid.x"]
+
+
+def test_dataframe_table_renders_values():
+    df = pd.DataFrame({"a": [0.123456, float("nan")], "b": ["x" * 100, None]})
+    console = Console(width=200, record=True)
+    console.print(dataframe_table(df, title="t", max_rows=1))
+    text = console.export_text()
+    assert "0.1235" in text and "… 1 more" in text and "x" * 59 + "…" in text
+    assert format_value(None) == "" and format_value(float("nan")) == "" and format_value(3) == "3"
+    with pytest.raises(TypeError, match="DataFrame"):
+        dataframe_table([1, 2])
