@@ -1,0 +1,157 @@
+"""Small helpers shared by the model and training code: seeding, loader shapes, devices."""
+
+from __future__ import annotations
+
+import numbers
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "batch_as_dict",
+    "get_dims_for_loader_dict",
+    "get_io_dims",
+    "get_module_output",
+    "resolve_device",
+    "set_seed",
+]
+
+
+def set_seed(seed: int, deterministic: bool = True) -> int:
+    """Seed Python's ``random``, NumPy and PyTorch (CPU and every CUDA device).
+
+    Args:
+        seed: the seed; any integer-like value (``int``, ``numpy.int64``, a bool is rejected) is
+            converted to a plain Python ``int`` first, because ``random.seed`` hashes a
+            ``numpy.int64`` differently from the equal ``int`` (nnfabrik passes numpy integers).
+        deterministic: when True, also ask cuDNN for deterministic kernels (no effect on CPU).
+
+    Returns:
+        The seed as a plain ``int``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r} of type {type(seed).__name__}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy accepts only 32-bit seeds
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return seed
+
+
+def batch_as_dict(batch: Any) -> dict[str, Any]:
+    """Return a batch as an ordered ``{field: value}`` dict.
+
+    Args:
+        batch: a namedtuple (``images``, ``responses``, ...), a dict, or a plain tuple/list of
+            tensors (whose first two fields are then named ``inputs`` and ``targets``).
+    """
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if hasattr(batch, "_asdict"):
+        return dict(batch._asdict())
+    if isinstance(batch, Sequence) and not isinstance(batch, str | bytes):
+        # plain tuples (e.g. a TensorDataset's batches): sensorium names the first two inputs/targets
+        names = ["inputs", "targets"] + [f"field{i}" for i in range(2, len(batch))]
+        return dict(zip(names, batch))
+    raise TypeError(f"a batch must be a namedtuple, a dict or a tuple of tensors, got {type(batch).__name__}")
+
+
+def get_io_dims(loader: Any) -> dict[str, tuple[int, ...]]:
+    """Return ``{field: shape}`` of the first batch that ``loader`` yields.
+
+    Args:
+        loader: any iterable of batches; a batch is a namedtuple or a dict of tensors (arrays).
+
+    Returns:
+        The full shape of each field including the batch dimension, e.g.
+        ``{"images": (B, C, H, W), "responses": (B, N)}``, in the batch's field order.
+    """
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError("the loader yields no batches, so its shapes cannot be read") from None
+    fields = batch_as_dict(batch)
+    return {name: tuple(value.shape) for name, value in fields.items() if hasattr(value, "shape")}
+
+
+def get_dims_for_loader_dict(dataloaders: Mapping[str, Any]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Shapes of the first batch of every loader, keyed by session.
+
+    Args:
+        dataloaders: ``{data_key: loader}``; a nested ``{tier: {data_key: loader}}`` dict is
+            accepted and its ``"train"`` tier is used.
+
+    Returns:
+        ``{data_key: {field: shape}}`` with shapes including the batch dimension.
+    """
+    if not isinstance(dataloaders, Mapping):
+        raise TypeError(f"dataloaders must be a dict of loaders, got {type(dataloaders).__name__}")
+    if "train" in dataloaders and isinstance(dataloaders["train"], Mapping):
+        dataloaders = dataloaders["train"]
+    if not dataloaders:
+        raise ValueError("dataloaders is empty: at least one session is needed")
+    return {key: get_io_dims(loader) for key, loader in dataloaders.items()}
+
+
+def get_module_output(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Shape of ``module``'s output for an input of ``input_shape`` (batch dimension included).
+
+    A zero tensor is passed through in eval mode without gradients, on the module's own device and
+    dtype; the module's train/eval mode is restored afterwards, so BatchNorm statistics are not
+    changed.
+
+    Args:
+        module: the module to probe.
+        input_shape: full input shape, e.g. ``(1, C, H, W)``.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if any(s <= 0 for s in input_shape):
+        raise ValueError(f"input_shape must have positive entries, got {input_shape}")
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            output = module(torch.zeros(*input_shape, device=device, dtype=dtype))
+    finally:
+        module.train(was_training)
+    return tuple(output.shape)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / a ``torch.device`` into a ``torch.device``.
+
+    ``"auto"`` (or None) picks CUDA when available, else CPU. Asking for CUDA on a machine without it
+    raises a ValueError instead of failing later inside a forward pass.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        resolved = device
+    elif isinstance(device, str):
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(
+                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
+            ) from err
+    else:
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    return resolved
