@@ -420,7 +420,9 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
         c for c in shown.columns if c in _ERROR_COLUMNS or c in ("dataset", "model", "trainer", "seed")
     ]
     console.print(
-        dataframe_table(shown, title="failed jobs", empty="(no errors)", columns=columns, max_chars=400)
+        dataframe_table(
+            shown, title="failed jobs", empty="(no errors)", columns=columns, max_chars=400, wrap=True
+        )
     )
     if failed.empty:
         return
@@ -474,8 +476,7 @@ def results(
       sysid results --filter "score > 0.2 and seed == 1"
       sysid results --filter "`model.layers` == 2" --csv results.csv
     """
-    from .render import compact_keys, dataframe_table
-    from .results import flatten_configs, select_rows, summary_columns
+    from .results import flatten_configs, results_table, select_rows
 
     schemas = _activate()
     table = flatten_configs(schemas.results())
@@ -483,11 +484,7 @@ def results(
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(csv_path, index=False)
-    shown = compact_keys(table)
-    columns = list(shown.columns) if all_columns else summary_columns(shown)
-    _console().print(
-        dataframe_table(shown, title=f"trained models ({len(table)})", max_rows=limit, columns=columns)
-    )
+    _console().print(results_table(table, max_rows=limit, all_columns=all_columns))
     if csv_path is not None:
         click.echo(f"wrote {len(table)} row(s) to {csv_path}")
 

@@ -112,10 +112,9 @@ def run_demo(
 
     from .database import activate
     from .register import parse_plan, register_plan, validate_plan
-    from .render import compact_keys, dataframe_table
     from .report import write_report
     from .report_data import fetch_report_data
-    from .results import select_rows, summary_columns
+    from .results import flatten_configs, results_table, select_rows
 
     console = console or Console()
     out_dir = Path(out_dir).resolve()
@@ -149,11 +148,8 @@ def run_demo(
         raise RuntimeError(f"worker exit codes {codes}: see the log above and `sysid errors`")
 
     console.rule("4. results")
-    table = select_rows(schemas.results())
-    shown = compact_keys(table)
-    console.print(
-        dataframe_table(shown, title=f"trained models ({len(table)})", columns=summary_columns(shown))
-    )
+    table = select_rows(flatten_configs(schemas.results()))
+    console.print(results_table(table))
     if len(table) < plan.n_combinations:
         raise RuntimeError(f"only {len(table)} of {plan.n_combinations} models trained: see `sysid errors`")
 

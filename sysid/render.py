@@ -69,6 +69,9 @@ def dataframe_table(
     columns: Iterable[str] | None = None,
     empty: str = "(none)",
     max_chars: int = 60,
+    wrap: bool = False,
+    caption: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ):
     """Build a :class:`rich.table.Table` from a DataFrame (its index is shown when it is named).
 
@@ -79,6 +82,10 @@ def dataframe_table(
         columns: the columns to show, in order (default all).
         empty: caption when there are no rows.
         max_chars: longer cell text is cut with an ellipsis.
+        wrap: fold long cells over several lines (for messages); by default a cell stays on one line
+            and is shortened with an ellipsis when the terminal is narrow.
+        caption: text under the table (default: ``empty`` when there are no rows).
+        headers: display names for some columns (e.g. shorter ones).
 
     Returns:
         The table, ready for ``rich.console.Console.print``.
@@ -91,13 +98,24 @@ def dataframe_table(
         df = df.reset_index()
     if columns is not None:
         df = df[list(columns)]
-    table = Table(title=title or None, caption=empty if df.empty else None, header_style="bold")
-    for column in df.columns:
-        numeric = pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column])
-        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+    table = Table(title=title or None, caption=empty if df.empty else caption, header_style="bold")
+    headers = headers or {}
     shown = df if max_rows is None else df.head(max_rows)
-    for row in shown.itertuples(index=False):
-        table.add_row(*(format_value(v, max_chars=max_chars) for v in row))
+    cells = [[format_value(v, max_chars=max_chars) for v in row] for row in shown.itertuples(index=False)]
+    for i, column in enumerate(df.columns):
+        numeric = pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column])
+        # numbers are never shortened (a cut number misleads); text columns give way instead
+        header = headers.get(str(column), str(column))
+        widest = max([len(row[i]) for row in cells] + [min(len(header), 8)])
+        table.add_column(
+            header,
+            justify="right" if numeric else "left",
+            overflow="fold" if wrap or numeric else "ellipsis",
+            no_wrap=not wrap,
+            min_width=widest if numeric else min(widest, 6),
+        )
+    for row in cells:
+        table.add_row(*row)
     if max_rows is not None and len(df) > max_rows:
         table.add_row(*([f"… {len(df) - max_rows} more"] + [""] * (len(df.columns) - 1)))
     return table

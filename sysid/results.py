@@ -6,9 +6,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["SCORE_COLUMNS", "flatten_configs", "select_rows", "summary_columns", "varying_columns"]
+__all__ = [
+    "SCORE_COLUMNS",
+    "flatten_configs",
+    "results_table",
+    "select_rows",
+    "summary_columns",
+    "varying_columns",
+]
 
 #: score columns shown by default, when present
 SCORE_COLUMNS = ("score", "validation_correlation", "test_correlation", "fraction_oracle", "seconds")
@@ -134,3 +142,56 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
     ]
     scores = [c for c in SCORE_COLUMNS if c in df.columns]
     return keys + scores + varying_columns(df)
+
+
+#: shorter display names of the score columns, so a results table fits a terminal
+_SHORT_HEADERS = {
+    "validation_correlation": "val corr",
+    "test_correlation": "test corr",
+    "fraction_oracle": "frac oracle",
+}
+
+
+def results_table(
+    df: pd.DataFrame, title: str = "trained models", max_rows: int | None = None, all_columns=False
+):
+    """The rich table that ``sysid results`` and ``sysid demo`` print for a results DataFrame.
+
+    Keys become ``function:hash`` columns; a key column with one value in every row moves to the
+    caption; ``validation_correlation`` is left out where it only repeats ``score``; the default
+    columns are those of :func:`summary_columns` (``all_columns=True`` shows every column).
+
+    Args:
+        df: rows of :func:`schemas.results` (after :func:`select_rows`, optionally after
+            :func:`flatten_configs`).
+        title: table title; the row count is appended.
+        max_rows: show at most this many rows.
+        all_columns: show every column instead of the summary.
+    """
+    from .render import compact_keys, dataframe_table
+
+    shown = compact_keys(df)
+    columns = list(shown.columns) if all_columns else summary_columns(shown)
+    constant = []
+    if len(shown) > 1 and not all_columns:
+        for role in _ROLES:
+            if role in columns and shown[role].nunique() == 1:
+                columns.remove(role)
+                constant.append(f"{role} {shown[role].iloc[0]}")
+    if "validation_correlation" in columns and "score" in shown.columns:
+        if np.allclose(shown["score"], shown["validation_correlation"], equal_nan=True):
+            columns.remove("validation_correlation")
+    caption = ("same in every row: " + ", ".join(constant)) if constant else None
+    # config columns without their role prefix where the name alone is unambiguous
+    headers = dict(_SHORT_HEADERS)
+    config = [c for c in columns if str(c).startswith(tuple(f"{r}." for r in _ROLES))]
+    short = [str(c).split(".", 1)[1] for c in config]
+    headers.update({c: n for c, n in zip(config, short) if short.count(n) == 1})
+    return dataframe_table(
+        shown,
+        title=f"{title} ({len(df)})",
+        max_rows=max_rows,
+        columns=columns,
+        caption=caption,
+        headers=headers,
+    )
