@@ -320,6 +320,10 @@ def standard_trainer(
     dev = resolve_device(device)
     seed = set_seed(seed)
     model.to(dev)
+    if dev.type == "cpu":
+        # oneDNN runs convolutions (depthwise ones above all) and their backward passes 2-3x faster
+        # with channels-last weights; only the layout changes, not the values
+        model.to(memory_format=torch.channels_last)
     model.train()
     use_amp = amp == "bf16" and dev.type == "cuda"
     forward_model = torch.compile(model) if compile and dev.type == "cuda" else model
