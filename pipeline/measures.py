@@ -571,6 +571,36 @@ def _tier_loaders(dataloaders: Mapping, tier: str | None) -> Mapping:
     return dataloaders
 
 
+def _model_per_session(
+    model: torch.nn.Module,
+    dataloaders: Mapping,
+    tier: str | None,
+    device: str | torch.device,
+    measure: Callable[[Any, Any], np.ndarray],
+    repeats: bool = False,
+) -> dict[str, np.ndarray]:
+    """``{data_key: measure(targets, outputs)}`` over the model's predictions on each session of ``tier``.
+
+    ``repeats``: targets and outputs grouped by image (:func:`model_predictions_repeats`), else per
+    trial (:func:`model_predictions`).
+    """
+    predictions = model_predictions_repeats if repeats else model_predictions
+    return {
+        key: measure(*predictions(model, loader, key, device))
+        for key, loader in _tier_loaders(dataloaders, tier).items()
+    }
+
+
+def _data_per_session(
+    dataloaders: Mapping, tier: str | None, measure: Callable[[list[np.ndarray]], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """``{data_key: measure(responses grouped by image)}`` over each session of ``tier`` (no model)."""
+    return {
+        key: measure(_responses_by_image(loader, key))
+        for key, loader in _tier_loaders(dataloaders, tier).items()
+    }
+
+
 def _combine(per_session: dict[str, np.ndarray], as_dict: bool, per_neuron: bool, mean: Callable = np.mean):
     """Sensorium's result convention: dict per session, or concatenated neurons, or one mean."""
     if as_dict:
@@ -602,11 +632,13 @@ def get_correlations(
     Returns:
         (n_neurons_total,) array, a float, or a dict of either. Neurons with NaN responses get 0.
     """
-    correlations = {}
-    for key, loader in _tier_loaders(dataloaders, tier).items():
-        target, output = model_predictions(model, loader, key, device)
-        values = corr(target, output, axis=0)
-        correlations[key] = np.nan_to_num(values, nan=0.0)
+    correlations = _model_per_session(
+        model,
+        dataloaders,
+        tier,
+        device,
+        lambda target, output: np.nan_to_num(corr(target, output, axis=0), nan=0.0),
+    )
     return _combine(correlations, as_dict, per_neuron)
 
 
@@ -623,10 +655,14 @@ def get_signal_correlations(
 
     Arguments and return as :func:`get_correlations`; needs repeated images (the test tier).
     """
-    correlations = {}
-    for key, loader in _tier_loaders(dataloaders, tier).items():
-        targets, outputs = model_predictions_repeats(model, loader, key, device)
-        correlations[key] = np.nan_to_num(corr_to_average(targets, outputs), nan=0.0)
+    correlations = _model_per_session(
+        model,
+        dataloaders,
+        tier,
+        device,
+        lambda targets, outputs: np.nan_to_num(corr_to_average(targets, outputs), nan=0.0),
+        repeats=True,
+    )
     return _combine(correlations, as_dict, per_neuron)
 
 
@@ -645,10 +681,13 @@ def get_poisson_loss(
 
     Without ``per_neuron`` the per-neuron values are summed (or averaged with ``avg``) as in sensorium.
     """
-    losses = {
-        key: poisson_loss(*model_predictions(model, loader, key, device), eps=eps, avg=avg, per_neuron=True)
-        for key, loader in _tier_loaders(dataloaders, tier).items()
-    }
+    losses = _model_per_session(
+        model,
+        dataloaders,
+        tier,
+        device,
+        lambda target, output: poisson_loss(target, output, eps=eps, avg=avg, per_neuron=True),
+    )
     return _combine(losses, as_dict, per_neuron, mean=np.mean if avg else np.sum)
 
 
@@ -666,10 +705,14 @@ def get_feve(
 
     Means ignore the NaN neurons (``np.nanmean``).
     """
-    values = {}
-    for key, loader in _tier_loaders(dataloaders, tier).items():
-        targets, outputs = model_predictions_repeats(model, loader, key, device)
-        values[key] = feve(targets, outputs, threshold=threshold)
+    values = _model_per_session(
+        model,
+        dataloaders,
+        tier,
+        device,
+        lambda targets, outputs: feve(targets, outputs, threshold=threshold),
+        repeats=True,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a session where every neuron is below threshold
         return _combine(values, as_dict, per_neuron, mean=np.nanmean)
@@ -701,9 +744,7 @@ def get_explainable_var(
     **kwargs: Any,
 ) -> Any:
     """FEV of the recorded responses per neuron (:func:`fev`), from repeated images."""
-    values = {
-        key: fev(_responses_by_image(loader, key)) for key, loader in _tier_loaders(dataloaders, tier).items()
-    }
+    values = _data_per_session(dataloaders, tier, fev)
     return _combine(values, as_dict, per_neuron)
 
 
@@ -717,9 +758,7 @@ def get_oracles(
 ) -> Any:
     """Oracle correlation per neuron from repeated images: jackknife, or the conservative estimate."""
     fn = oracle_corr_conservative if conservative else oracle_corr_jackknife
-    values = {
-        key: fn(_responses_by_image(loader, key)) for key, loader in _tier_loaders(dataloaders, tier).items()
-    }
+    values = _data_per_session(dataloaders, tier, fn)
     return _combine(values, as_dict, per_neuron)
 
 

@@ -49,3 +49,54 @@ def import_neuralpredictors():
     import neuralpredictors.training
 
     return neuralpredictors
+
+
+def peer_sota_model(data_key: str, n_neurons: int, coordinates, image_hw: tuple[int, int] = (36, 64)):
+    """The peer's Sensorium 2022 SOTA model as sensorium's builder makes it (neuralpredictors 0.3.0).
+
+    One session ``data_key`` of ``n_neurons`` neurons with cortex ``coordinates`` ((N, >= 2) array)
+    and 1-channel images of height x width ``image_hw``; raises ImportError without the peer.
+    """
+    import_neuralpredictors()
+    from neuralpredictors.layers import cores, encoders, readouts
+
+    class PeerMultipleFullGaussian2d(readouts.MultiReadoutSharedParametersBase):
+        _base_readout = readouts.FullGaussian2d
+
+    core = cores.Stacked2dCore(
+        input_channels=1,
+        hidden_channels=64,
+        input_kern=9,
+        hidden_kern=7,
+        layers=4,
+        gamma_input=6.3831,
+        skip=0,
+        final_nonlinearity=True,
+        bias=False,
+        momentum=0.9,
+        pad_input=False,
+        batch_norm=True,
+        hidden_dilation=1,
+        laplace_padding=None,
+        input_regularizer="LaplaceL2norm",
+        stack=-1,
+        depth_separable=True,
+        linear=False,
+        attention_conv=False,
+        hidden_padding=None,
+        use_avg_reg=False,
+    )
+    h, w = image_hw
+    readout = PeerMultipleFullGaussian2d(
+        in_shape_dict={data_key: (64, h - 8, w - 8)},  # the unpadded 9 x 9 input conv crops 4 px per side
+        n_neurons_dict={data_key: n_neurons},
+        init_mu_range=0.3,
+        bias=True,
+        init_sigma=0.1,
+        gamma_readout=0.0076,
+        gauss_type="full",
+        grid_mean_predictor={"hidden_layers": 1, "hidden_features": 30, "final_tanh": True},
+        grid_mean_predictor_type="cortex",
+        source_grids={data_key: coordinates[:, :2]},
+    )
+    return encoders.FiringRateEncoder(core=core, readout=readout, elu_offset=0)

@@ -12,35 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.builders import stacked_core_full_gauss_readout
+from pipeline.models.builders import SENSORIUM_SOTA_MODEL_CONFIG, stacked_core_full_gauss_readout
+from tests.peer import peer_sota_model
 
 DATA_KEY = "26872-17-20"
 N_NEURONS = 7776
 
 # The Sensorium 2022 notebooks' model configuration, plus core_bias=False as in their checkpoints.
-SOTA_CONFIG = dict(
-    pad_input=False,
-    stack=-1,
-    layers=4,
-    input_kern=9,
-    gamma_input=6.3831,
-    gamma_readout=0.0076,
-    hidden_kern=7,
-    hidden_channels=64,
-    depth_separable=True,
-    grid_mean_predictor={
-        "type": "cortex",
-        "input_dimensions": 2,
-        "hidden_layers": 1,
-        "hidden_features": 30,
-        "final_tanh": True,
-    },
-    init_sigma=0.1,
-    init_mu_range=0.3,
-    gauss_type="full",
-    shifter=False,
-    core_bias=False,
-)
+SOTA_CONFIG = SENSORIUM_SOTA_MODEL_CONFIG
 
 
 def _norm(prefix: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -94,54 +73,6 @@ def sota_data_info(n_neurons: int = N_NEURONS, seed: int = 0) -> tuple[dict, np.
         }
     }
     return info, coordinates
-
-
-def peer_sota_model(data_key: str, n_neurons: int, coordinates: np.ndarray) -> torch.nn.Module:
-    """The peer's SOTA model as sensorium's builder makes it (neuralpredictors 0.3.0), for 1 x 36 x 64 images."""
-    from tests.peer import import_neuralpredictors
-
-    import_neuralpredictors()
-    from neuralpredictors.layers import cores, encoders, readouts
-
-    class PeerMultipleFullGaussian2d(readouts.MultiReadoutSharedParametersBase):
-        _base_readout = readouts.FullGaussian2d
-
-    core = cores.Stacked2dCore(
-        input_channels=1,
-        hidden_channels=64,
-        input_kern=9,
-        hidden_kern=7,
-        layers=4,
-        gamma_input=6.3831,
-        skip=0,
-        final_nonlinearity=True,
-        bias=False,
-        momentum=0.9,
-        pad_input=False,
-        batch_norm=True,
-        hidden_dilation=1,
-        laplace_padding=None,
-        input_regularizer="LaplaceL2norm",
-        stack=-1,
-        depth_separable=True,
-        linear=False,
-        attention_conv=False,
-        hidden_padding=None,
-        use_avg_reg=False,
-    )
-    readout = PeerMultipleFullGaussian2d(
-        in_shape_dict={data_key: (64, 28, 56)},  # 36 x 64 shrinks by the unpadded 9 x 9 input conv
-        n_neurons_dict={data_key: n_neurons},
-        init_mu_range=0.3,
-        bias=True,
-        init_sigma=0.1,
-        gamma_readout=0.0076,
-        gauss_type="full",
-        grid_mean_predictor={"hidden_layers": 1, "hidden_features": 30, "final_tanh": True},
-        grid_mean_predictor_type="cortex",
-        source_grids={data_key: coordinates[:, :2]},
-    )
-    return encoders.FiringRateEncoder(core=core, readout=readout, elu_offset=0)
 
 
 @pytest.fixture(scope="module")

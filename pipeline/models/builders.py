@@ -23,9 +23,65 @@ from pipeline.models.readouts import MultipleFullFactorized2d, MultipleFullGauss
 from pipeline.models.shifters import MLPShifter, StaticAffine2dShifter
 from pipeline.utils import batch_as_dict, get_module_output, set_seed
 
-__all__ = ["data_info_from_loaders", "stacked_core_full_gauss_readout", "stacked_core_factorized_readout"]
+__all__ = [
+    "SENSORIUM_SOTA_MODEL_CONFIG",
+    "data_info_from_loaders",
+    "stacked_core_full_gauss_readout",
+    "stacked_core_factorized_readout",
+]
+
+# The Sensorium 2022 SOTA configuration: the model config of the Sensorium 2022 notebooks for
+# :func:`stacked_core_full_gauss_readout`, plus ``core_bias=False`` as in their checkpoints.
+# Treat it as read-only; pass ``dict(SENSORIUM_SOTA_MODEL_CONFIG, key=value)`` to change a value.
+SENSORIUM_SOTA_MODEL_CONFIG: dict[str, Any] = dict(
+    pad_input=False,
+    stack=-1,
+    layers=4,
+    input_kern=9,
+    gamma_input=6.3831,
+    gamma_readout=0.0076,
+    hidden_kern=7,
+    hidden_channels=64,
+    depth_separable=True,
+    grid_mean_predictor={
+        "type": "cortex",
+        "input_dimensions": 2,
+        "hidden_layers": 1,
+        "hidden_features": 30,
+        "final_tanh": True,
+    },
+    init_sigma=0.1,
+    init_mu_range=0.3,
+    gauss_type="full",
+    shifter=False,
+    core_bias=False,
+)
 
 _DATA_INFO_FIELDS = ("n_neurons", "input_shape", "input_channels", "cortex_coordinates", "mean_activity")
+
+# the builders' arguments handed to Stacked2dCore under the same name (``core_bias`` goes in as ``bias``)
+_CORE_ARGUMENTS = (
+    "hidden_channels",
+    "input_kern",
+    "hidden_kern",
+    "layers",
+    "gamma_input",
+    "gamma_hidden",
+    "skip",
+    "final_nonlinearity",
+    "momentum",
+    "pad_input",
+    "batch_norm",
+    "hidden_dilation",
+    "laplace_padding",
+    "input_regularizer",
+    "stack",
+    "depth_separable",
+    "linear",
+    "attention_conv",
+    "hidden_padding",
+    "use_avg_reg",
+)
 
 
 # --------------------------------------------------------------------------------------- data info
@@ -252,6 +308,34 @@ def _mean_activity_dict(info: Mapping[str, dict]) -> dict[str, torch.Tensor] | N
     return {key: torch.tensor(entry["mean_activity"], dtype=torch.float32) for key, entry in info.items()}
 
 
+def _session_readout_config(
+    info: Mapping[str, dict], in_shapes: Mapping[str, tuple[int, int, int]]
+) -> dict[str, Any]:
+    """The per-session readout arguments every builder passes: input shapes, neuron counts, mean responses."""
+    return {
+        "in_shape_dict": in_shapes,
+        "n_neurons_dict": {key: entry["n_neurons"] for key, entry in info.items()},
+        "mean_activity_dict": _mean_activity_dict(info),
+    }
+
+
+def _seeded_data_info(
+    dataloaders: Mapping[str, Any] | None, data_info: Mapping[str, Any] | None, seed: int | None
+) -> dict:
+    """The checked data info; then seeds Python, NumPy and PyTorch (unless ``seed`` is None)."""
+    info = _resolve_data_info(dataloaders, data_info)
+    if seed is not None:
+        set_seed(seed)
+    return info
+
+
+def _core_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``Stacked2dCore`` keyword arguments among a builder's ``arguments`` (``core_bias`` → ``bias``)."""
+    config = {name: arguments[name] for name in _CORE_ARGUMENTS if name in arguments}
+    config["bias"] = arguments["core_bias"]
+    return config
+
+
 def _build_shifter(
     shifter: Any,
     shifter_type: str,
@@ -353,33 +437,9 @@ def stacked_core_full_gauss_readout(
     Returns:
         A :class:`FiringRateEncoder` with ``.core``, ``.readout`` (keyed by data_key) and ``.shifter``.
     """
-    info = _resolve_data_info(dataloaders, data_info)
-    if seed is not None:
-        set_seed(seed)
+    info = _seeded_data_info(dataloaders, data_info, seed)
     gmp_config, gmp_type, source_grids = _grid_mean_predictor(grid_mean_predictor, info)
-    core, in_shapes = _build_core(
-        info,
-        hidden_channels=hidden_channels,
-        input_kern=input_kern,
-        hidden_kern=hidden_kern,
-        layers=layers,
-        gamma_input=gamma_input,
-        skip=skip,
-        final_nonlinearity=final_nonlinearity,
-        bias=core_bias,
-        momentum=momentum,
-        pad_input=pad_input,
-        batch_norm=batch_norm,
-        hidden_dilation=hidden_dilation,
-        laplace_padding=laplace_padding,
-        input_regularizer=input_regularizer,
-        stack=stack,
-        depth_separable=depth_separable,
-        linear=linear,
-        attention_conv=attention_conv,
-        hidden_padding=hidden_padding,
-        use_avg_reg=use_avg_reg,
-    )
+    core, in_shapes = _build_core(info, **_core_config(locals()))
     sharing: dict[str, Any] = {}
     if share_features or share_grid:
         sharing = {
@@ -388,9 +448,7 @@ def stacked_core_full_gauss_readout(
             "shared_match_ids": _shared_match_ids(shared_match_ids, dataloaders, info),
         }
     readout = MultipleFullGaussian2d(
-        in_shape_dict=in_shapes,
-        n_neurons_dict={key: entry["n_neurons"] for key, entry in info.items()},
-        mean_activity_dict=_mean_activity_dict(info),
+        **_session_readout_config(info, in_shapes),
         init_mu_range=init_mu_range,
         init_sigma=init_sigma,
         bias=readout_bias,
@@ -461,37 +519,10 @@ def stacked_core_factorized_readout(
         constrain_pos, positive_weights: keep masks / features non-negative.
         elu_offset: offset of the output non-linearity.
     """
-    info = _resolve_data_info(dataloaders, data_info)
-    if seed is not None:
-        set_seed(seed)
-    core, in_shapes = _build_core(
-        info,
-        hidden_channels=hidden_channels,
-        input_kern=input_kern,
-        hidden_kern=hidden_kern,
-        layers=layers,
-        gamma_input=gamma_input,
-        gamma_hidden=gamma_hidden,
-        skip=skip,
-        final_nonlinearity=final_nonlinearity,
-        bias=core_bias,
-        momentum=momentum,
-        pad_input=pad_input,
-        batch_norm=batch_norm,
-        hidden_dilation=hidden_dilation,
-        laplace_padding=laplace_padding,
-        input_regularizer=input_regularizer,
-        stack=stack,
-        depth_separable=depth_separable,
-        linear=linear,
-        attention_conv=attention_conv,
-        hidden_padding=hidden_padding,
-        use_avg_reg=use_avg_reg,
-    )
+    info = _seeded_data_info(dataloaders, data_info, seed)
+    core, in_shapes = _build_core(info, **_core_config(locals()))
     readout = MultipleFullFactorized2d(
-        in_shape_dict=in_shapes,
-        n_neurons_dict={key: entry["n_neurons"] for key, entry in info.items()},
-        mean_activity_dict=_mean_activity_dict(info),
+        **_session_readout_config(info, in_shapes),
         bias=readout_bias,
         spatial_and_feature_reg_weight=gamma_readout,
         init_noise=init_noise,

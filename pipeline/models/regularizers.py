@@ -80,8 +80,8 @@ def _as_filter_stack(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(out_c * in_c, 1, kh, kw)
 
 
-class LaplaceL2(nn.Module):
-    """Unnormalised Laplace smoothness penalty: ``agg(laplace(w)^2) / 2``.
+class _LaplacePenalty(nn.Module):
+    """What the Laplace penalties share: a Laplace filter applied to each conv filter of the weights.
 
     Args:
         padding: padding of the Laplace convolution (None: "same").
@@ -92,13 +92,27 @@ class LaplaceL2(nn.Module):
         super().__init__()
         self.laplace = Laplace(padding=padding, filter_size=filter_size)
 
+    def _filters_and_squared_laplace(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filter stack (out*in, 1, kh, kw) of conv weights (out, in, kh, kw) and its ``laplace(.)^2``."""
+        stack = _as_filter_stack(weight)
+        return stack, self.laplace(stack).pow(2)
+
+
+class LaplaceL2(_LaplacePenalty):
+    """Unnormalised Laplace smoothness penalty: ``agg(laplace(w)^2) / 2``.
+
+    Args:
+        padding: padding of the Laplace convolution (None: "same").
+        filter_size: size of the Laplace filter (3, 5, 7).
+    """
+
     def forward(self, weight: torch.Tensor, avg: bool = True) -> torch.Tensor:
         """Penalty of conv weights (out, in, kh, kw); mean over entries if ``avg`` else sum. Scalar."""
-        filtered = self.laplace(_as_filter_stack(weight)).pow(2)
+        _, filtered = self._filters_and_squared_laplace(weight)
         return (filtered.mean() if avg else filtered.sum()) / 2
 
 
-class LaplaceL2norm(nn.Module):
+class LaplaceL2norm(_LaplacePenalty):
     """Laplace penalty normalised by the filter energy: ``agg(laplace(w)^2) / agg(w^2)``.
 
     Scale-invariant in the weights, so it only measures roughness.
@@ -108,14 +122,9 @@ class LaplaceL2norm(nn.Module):
         filter_size: size of the Laplace filter (3, 5, 7).
     """
 
-    def __init__(self, padding: int | None = None, filter_size: int = 3) -> None:
-        super().__init__()
-        self.laplace = Laplace(padding=padding, filter_size=filter_size)
-
     def forward(self, weight: torch.Tensor, avg: bool = False) -> torch.Tensor:
         """Penalty of conv weights (out, in, kh, kw); mean-based if ``avg`` else sum-based. Scalar."""
-        stack = _as_filter_stack(weight)
-        filtered = self.laplace(stack).pow(2)
+        stack, filtered = self._filters_and_squared_laplace(weight)
         energy = stack.pow(2)
         if avg:
             return filtered.mean() / energy.mean()

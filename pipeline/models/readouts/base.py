@@ -19,7 +19,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ConfigurationError", "Readout", "Reduction", "clamp_straight_through", "match_id_index"]
+__all__ = [
+    "ConfigurationError",
+    "FeatureL1Readout",
+    "Readout",
+    "Reduction",
+    "clamp_straight_through",
+    "match_id_index",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +266,16 @@ class Readout(nn.Module, abc.ABC):
                 )
             self.bias.copy_(values.reshape(-1).to(self.bias))
 
+    @staticmethod
+    def select_neurons(
+        index: torch.Tensor | None, grid: torch.Tensor, features: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keep the neurons ``index`` (from :meth:`resolve_out_idx`; None keeps all) of positions
+        (B, N, 1, 2), channel weights (1, C, N) and bias (N,) or None."""
+        if index is None:
+            return grid, features, bias
+        return grid[:, index], features[:, :, index], bias[index] if bias is not None else None
+
     def readout_at_grid(
         self,
         x: torch.Tensor,
@@ -315,3 +332,20 @@ class Readout(nn.Module, abc.ABC):
         for child in self.children():
             text += "  -> " + repr(child) + "\n"
         return text
+
+
+class FeatureL1Readout(Readout):
+    """A readout penalised by ``feature_reg_weight`` times the L1 norm of its ``features``.
+
+    Subclasses set ``self.feature_reg_weight`` and provide ``features`` (a Parameter or property).
+    """
+
+    feature_reg_weight: float
+
+    def feature_l1(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
+        """L1 norm of the features, reduced by ``reduction``."""
+        return self.apply_reduction(self.features.abs(), reduction=reduction, average=average)
+
+    def regularizer(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
+        """``feature_reg_weight * feature_l1``."""
+        return self.feature_l1(reduction=reduction, average=average) * self.feature_reg_weight

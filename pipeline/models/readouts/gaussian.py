@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import ConfigurationError, Readout, Reduction, _as_float64, clamp_straight_through, match_id_index
+from .base import (
+    ConfigurationError,
+    FeatureL1Readout,
+    Reduction,
+    _as_float64,
+    clamp_straight_through,
+    match_id_index,
+)
 
 __all__ = ["FullGaussian2d", "Gaussian2d"]
 
@@ -32,7 +39,48 @@ def _check_range(name: str, value: float, upper: float | None = None) -> float:
     return float(value)
 
 
-class Gaussian2d(Readout):
+class _GaussianReadout(FeatureL1Readout):
+    """What the Gaussian readouts share: mean positions, and a forward pass that reads the core at
+    positions from ``sample_grid`` (one draw per image when ``batch_sample``).
+
+    Subclasses set ``batch_sample``, ``align_corners``, ``feature_reg_weight`` and provide
+    ``sample_grid`` and ``features`` (1, C, 1, N).
+    """
+
+    batch_sample: bool
+    align_corners: bool
+
+    @property
+    def grid(self) -> torch.Tensor:
+        """Mean positions (1, N, 1, 2), clamped to [-1, 1]."""
+        return self.sample_grid(batch_size=1, sample=False)
+
+    def forward(self, x, sample=None, shift=None, out_idx=None, **kwargs) -> torch.Tensor:
+        """Predict (B, N) responses from core features ``x`` (B, C, H, W).
+
+        Args:
+            x: core features.
+            sample: draw positions (True), use the means (False), or follow the training mode (None).
+            shift: (B, 2) shift added to the positions of each image (e.g. from eye movements).
+            out_idx: neurons to predict (indices or boolean mask); output is (B, len(out_idx)).
+        """
+        batch, c, _, _ = self.check_input(x)
+        shift = self.check_shift(shift, batch)
+        if self.batch_sample:
+            grid = self.sample_grid(batch, sample)
+        else:
+            grid = self.sample_grid(1, sample).expand(batch, self.outdims, 1, 2)
+        feat = self.features.view(1, c, self.outdims)
+        index = self.resolve_out_idx(out_idx, x.device)
+        grid, feat, bias = self.select_neurons(index, grid, feat, self.bias)
+        return self._read_at_grid(x, grid, feat, bias, shift)
+
+    def _read_at_grid(self, x, grid, feat, bias, shift) -> torch.Tensor:
+        """(B, N') predictions: ``x`` read at ``grid`` (see :meth:`Readout.readout_at_grid`)."""
+        return self.readout_at_grid(x, grid, feat, bias, shift, self.align_corners)
+
+
+class Gaussian2d(_GaussianReadout):
     """Gaussian readout with an axis-aligned Gaussian per neuron (the original, older variant).
 
     Args:
@@ -106,42 +154,6 @@ class Gaussian2d(Readout):
         noise = mu.new_empty(shape).normal_() if sample else mu.new_zeros(shape)
         return torch.clamp(noise * sigma + mu, -1.0, 1.0)
 
-    @property
-    def grid(self) -> torch.Tensor:
-        """Mean positions (1, N, 1, 2)."""
-        return self.sample_grid(batch_size=1, sample=False)
-
-    def feature_l1(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
-        """L1 norm of the features, reduced by ``reduction``."""
-        return self.apply_reduction(self.features.abs(), reduction=reduction, average=average)
-
-    def regularizer(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
-        """``feature_reg_weight * feature_l1``."""
-        return self.feature_l1(reduction=reduction, average=average) * self.feature_reg_weight
-
-    def forward(self, x, sample=None, shift=None, out_idx=None, **kwargs) -> torch.Tensor:
-        """Predict (B, N) responses from core features ``x`` (B, C, H, W).
-
-        Args:
-            x: core features.
-            sample: draw positions (True), use the means (False), or follow the training mode (None).
-            shift: (B, 2) shift added to the positions of each image (e.g. from eye movements).
-            out_idx: neurons to predict (indices or boolean mask); output is (B, len(out_idx)).
-        """
-        batch, c, _, _ = self.check_input(x)
-        shift = self.check_shift(shift, batch)
-        if self.batch_sample:
-            grid = self.sample_grid(batch, sample)
-        else:
-            grid = self.sample_grid(1, sample).expand(batch, self.outdims, 1, 2)
-        feat = self.features.view(1, c, self.outdims)
-        bias = self.bias
-        index = self.resolve_out_idx(out_idx, x.device)
-        if index is not None:
-            grid, feat = grid[:, index], feat[:, :, index]
-            bias = bias[index] if bias is not None else None
-        return self.readout_at_grid(x, grid, feat, bias, shift, self.align_corners)
-
     def neuron_features(self) -> torch.Tensor:
         """Features (N, C)."""
         return self.features.view(self.in_shape[0], self.outdims).t()
@@ -161,7 +173,7 @@ class Gaussian2d(Readout):
         return params
 
 
-class FullGaussian2d(Readout):
+class FullGaussian2d(_GaussianReadout):
     """Gaussian readout with a full, diagonal or isotropic covariance per neuron.
 
     Args:
@@ -374,11 +386,6 @@ class FullGaussian2d(Readout):
         return self._mu
 
     @property
-    def grid(self) -> torch.Tensor:
-        """Mean positions (1, N, 1, 2), clamped to [-1, 1]."""
-        return self.sample_grid(batch_size=1, sample=False)
-
-    @property
     def mu_dispersion(self) -> torch.Tensor:
         """Summed standard deviation of the mean positions over neurons (x and y)."""
         return self.mu.reshape(-1, 2).std(0).sum()
@@ -406,39 +413,16 @@ class FullGaussian2d(Readout):
         """L1 norm of the (effective) features; 0 when the features are owned by another readout."""
         if not self._original_features:
             return self._features.new_zeros(())
-        return self.apply_reduction(self.features.abs(), reduction=reduction, average=average)
+        return super().feature_l1(reduction=reduction, average=average)
 
-    def regularizer(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
-        """``feature_reg_weight * feature_l1``."""
-        return self.feature_l1(reduction=reduction, average=average) * self.feature_reg_weight
-
-    def forward(self, x, sample=None, shift=None, out_idx=None, **kwargs) -> torch.Tensor:
-        """Predict (B, N) responses from core features ``x`` (B, C, H, W).
-
-        Args:
-            x: core features.
-            sample: draw positions (True), use the means (False), or follow the training mode (None).
-            shift: (B, 2) shift added to the positions of each image (e.g. from eye movements).
-            out_idx: neurons to predict (indices or boolean mask); output is (B, len(out_idx)).
-        """
-        batch, c, _, _ = self.check_input(x)
-        shift = self.check_shift(shift, batch)
-        if self.batch_sample:
-            grid = self.sample_grid(batch, sample)
-        else:
-            grid = self.sample_grid(1, sample).expand(batch, self.outdims, 1, 2)
-        feat = self.features.view(1, c, self.outdims)
-        bias = self.bias
-        index = self.resolve_out_idx(out_idx, x.device)
-        if index is not None:
-            grid, feat = grid[:, index], feat[:, :, index]
-            bias = bias[index] if bias is not None else None
+    def _read_at_grid(self, x, grid, feat, bias, shift) -> torch.Tensor:
+        """The predictions, or with ``return_weighted_features`` the weighted features (B, C, N')."""
         if self.return_weighted_features:
             if shift is not None:
                 grid = grid + shift[:, None, None, :]
             sampled = nn.functional.grid_sample(x, grid, align_corners=self.align_corners)
             return sampled.squeeze(-1) * feat
-        return self.readout_at_grid(x, grid, feat, bias, shift, self.align_corners)
+        return super()._read_at_grid(x, grid, feat, bias, shift)
 
     # ------------------------------------------------------------------ inspection
     def covariance(self) -> torch.Tensor:

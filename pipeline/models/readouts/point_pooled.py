@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Readout, Reduction, _as_float64, clamp_straight_through
+from .base import FeatureL1Readout, _as_float64, clamp_straight_through
 
 __all__ = ["PointPooled2d"]
 
 logger = logging.getLogger(__name__)
 
 
-class PointPooled2d(Readout):
+class PointPooled2d(FeatureL1Readout):
     """Point readout with multi-scale average pooling.
 
     Args:
@@ -103,14 +103,6 @@ class PointPooled2d(Readout):
             self.features.fill_(1.0 / self.in_shape[0])
         self.initialize_bias(mean_activity)
 
-    def feature_l1(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
-        """L1 norm of the features, reduced by ``reduction``."""
-        return self.apply_reduction(self.features.abs(), reduction=reduction, average=average)
-
-    def regularizer(self, reduction: Reduction = "sum", average: bool | None = None) -> torch.Tensor:
-        """``feature_reg_weight * feature_l1``."""
-        return self.feature_l1(reduction=reduction, average=average) * self.feature_reg_weight
-
     def forward(self, x, sample=None, shift=None, out_idx=None, **kwargs) -> torch.Tensor:
         """Predict (B, N) responses from core features ``x`` (B, C, H, W).
 
@@ -125,11 +117,8 @@ class PointPooled2d(Readout):
         stages = self._pool_steps + 1  # the unpooled map is the first stage
         grid = clamp_straight_through(self.grid, -1.0, 1.0)
         feat = self.features.view(1, stages * c, self.outdims)
-        bias = self.bias
         index = self.resolve_out_idx(out_idx, x.device)
-        if index is not None:
-            grid, feat = grid[:, index], feat[:, :, index]
-            bias = bias[index] if bias is not None else None
+        grid, feat, bias = self.select_neurons(index, grid, feat, self.bias)
         grid = grid.expand(batch, grid.shape[1], 1, 2)
         if shift is not None:
             grid = grid + shift[:, None, None, :]
