@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models.activations import AdaptiveELU
+from pipeline.models.activations import AdaptiveELU, adaptive_elu
 from pipeline.models.cores import DepthSeparableConv2d, Stacked2dCore
 from pipeline.models.regularizers import Laplace, LaplaceL2, LaplaceL2norm, group_sparsity
 
@@ -240,3 +240,25 @@ def test_bad_input_shape_raises():
         core(torch.randn(2, 8, 8))
     with pytest.raises(ValueError, match="too small"):
         small_core(pad_input=False, input_kern=9).output_shape((2, 5, 5))
+
+
+@pytest.mark.parametrize("xshift, yshift", [(0.0, 0.0), (0.5, 0.0), (0.0, 1.0), (0.3, -0.7)])
+def test_adaptive_elu_values_gradients_and_no_input_mutation(xshift, yshift):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    before = x.detach().clone()
+    assert torch.autograd.gradcheck(lambda t: adaptive_elu(t, xshift, yshift), (x,))
+    out = adaptive_elu(x, xshift, yshift)
+    expected = nn.functional.elu(x - xshift) + yshift
+    assert torch.equal(out, expected)
+    assert torch.equal(x, before)
+    grad = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(
+        torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(expected, x, grad)[0]
+    )
+    # inside a network: the output of a layer whose backward needs it (sigmoid) is not modified
+    hidden = torch.sigmoid(x)
+    saved = hidden.detach().clone()
+    out = AdaptiveELU(xshift, yshift)(hidden)
+    assert torch.equal(hidden, saved)
+    out.sum().backward()  # raises if a tensor saved for backward was modified in place

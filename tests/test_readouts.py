@@ -22,6 +22,7 @@ from pipeline.models.readouts import (
     SpatialXFeatureLinear,
     UnknownDataKeyError,
 )
+from pipeline.models.readouts.factorized import factorized_readout, shift_feature_map
 
 C, H, W, N, B = 4, 6, 8, 5, 3
 IN_SHAPE = (C, H, W)
@@ -509,3 +510,107 @@ def test_out_of_range_parameters_give_the_peer_outputs(x):
                 torch.testing.assert_close(
                     got, expected, rtol=1e-6, atol=1e-7, msg=f"{type(ours).__name__} {mode}"
                 )
+
+
+def _unfused_factorized(x, spatial, features, normalize, clamp_mask):
+    """The readout's formula through plain autograd: materialised normalised mask, then einsum."""
+    mask = spatial
+    if normalize:
+        mask = mask / (mask.pow(2).sum(dim=(1, 2), keepdim=True).sqrt() + 1e-6)
+    if clamp_mask:
+        mask = mask + (mask.clamp(min=0.0) - mask).detach()  # straight-through, as the readout
+    return torch.einsum("bchw,nhw,nc->bn", x, mask, features)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("clamp_mask", [False, True])
+def test_fused_factorized_function_gradcheck(normalize, clamp_mask):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    # masks away from 0 so that the clamp's kink is not inside gradcheck's finite differences
+    spatial = torch.randn(6, 4, 5, dtype=torch.float64, generator=gen)
+    spatial = (spatial + 0.1 * spatial.sign()).requires_grad_()
+    features = torch.randn(6, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+
+    def fused(x, spatial, features):
+        return factorized_readout(x, spatial, features, normalize=normalize, clamp_mask=clamp_mask)
+
+    # the straight-through clamp is the true derivative only where it does not act: positive masks
+    checked = spatial.detach().abs().requires_grad_() if clamp_mask else spatial
+    assert torch.autograd.gradcheck(fused, (x, checked, features), eps=1e-6, atol=1e-7)
+    # values and gradients equal those of the unfused formula (with the straight-through clamp too)
+    out = fused(x, spatial, features)
+    expected = _unfused_factorized(x, spatial, features, normalize, clamp_mask)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    got = torch.autograd.grad(out, (x, spatial, features), grad)
+    want = torch.autograd.grad(expected, (x, spatial, features), grad)
+    for name, a, b in zip(("x", "spatial", "features"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_fused_factorized_function_zero_mask_and_partial_gradients():
+    x = torch.randn(2, 3, 4, 5)
+    spatial = torch.randn(4, 4, 5)
+    spatial[1] = 0.0
+    spatial.requires_grad_()
+    features = torch.randn(4, 3)  # no gradient wanted for the features or the input
+    factorized_readout(x, spatial, features).sum().backward()
+    assert torch.isfinite(spatial.grad).all()  # autograd through sqrt(0) would give NaN here
+    with torch.no_grad():
+        assert factorized_readout(x, spatial, features).shape == (2, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"normalize": False},
+        {"constrain_pos": True},
+        {"positive_weights": True, "normalize": False},
+        {"shared_features": {"match_ids": np.array([0, 1, 0, 2, 1])}},
+    ],
+)
+def test_factorized_readout_gradients_match_the_unfused_formula(x, kwargs):
+    readout = build("factorized", **kwargs).train()
+    with torch.no_grad():
+        readout.spatial.sub_(0.3 * readout.spatial.abs().mean())  # some negative mask entries
+    shift = torch.tensor([[0.0, 0.0], [0.2, -0.1], [-0.3, 0.05]])
+    for out_idx, sh in ((None, None), ([4, 1, 2], None), (None, shift)):
+        x_in = x.clone().requires_grad_()
+        got = readout(x_in, out_idx=out_idx, shift=sh)
+        index = readout.resolve_out_idx(out_idx, x.device)
+        mapped = x_in if sh is None else shift_feature_map(x_in, sh)
+        expected = torch.einsum(
+            "bchw,nhw,nc->bn", mapped, readout._effective_mask(index), readout._effective_features(index)
+        ) + (readout.bias if index is None else readout.bias[index])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        params = [x_in] + [p for p in readout.parameters()]
+        grad = torch.randn(got.shape, generator=torch.Generator().manual_seed(2))
+        g_got = torch.autograd.grad(got, params, grad, allow_unused=True)
+        g_want = torch.autograd.grad(expected, params, grad, allow_unused=True)
+        for a, b in zip(g_got, g_want):
+            if b is None:
+                assert a is None or torch.all(a == 0)
+                continue
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"normalize": False}, {"constrain_pos": True}, {"constrain_pos": True, "normalize": False}]
+)
+def test_factorized_l1_matches_the_materialised_mask(kwargs):
+    readout = build("factorized", **kwargs)
+    with torch.no_grad():
+        readout.spatial.sub_(0.3 * readout.spatial.abs().mean())  # some negative mask entries
+    got = readout.l1(reduction=None)
+    expected = readout.normalized_spatial.reshape(N, -1).abs().sum(1) * readout.features.abs().sum(1)
+    torch.testing.assert_close(got, expected)
+    params = list(readout.parameters())
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), params, allow_unused=True),
+        torch.autograd.grad(expected.sum(), params, allow_unused=True),
+    ):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

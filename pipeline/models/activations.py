@@ -21,8 +21,18 @@ def adaptive_elu(x: torch.Tensor, xshift: float = 0.0, yshift: float = 0.0) -> t
 
     Returns:
         A new tensor of the same shape as ``x`` (the input is never modified in place).
+
+    Zero shifts cost nothing: with both 0 this is one ``F.elu``. Only tensors created here are
+    modified in place, and only where autograd allows it: ``x - xshift`` is a temporary, so the ELU
+    runs in place on it (the in-place ELU saves its output for the backward pass, so ``yshift`` is then
+    added out of place); without ``xshift`` the out-of-place ELU saves its input, so ``yshift`` can be
+    added in place to the fresh output.
     """
-    return F.elu(x - xshift) + yshift
+    if xshift != 0:
+        out = F.elu(x - xshift, inplace=True)
+        return out + yshift if yshift != 0 else out
+    out = F.elu(x)
+    return out.add_(yshift) if yshift != 0 else out
 
 
 def elu1(x: torch.Tensor) -> torch.Tensor:
