@@ -54,7 +54,9 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 _SUBMODULES = {
+    "connection",
     "embedded",
+    "result_table",
     "configs",
     "trained_model",
     "downstream",

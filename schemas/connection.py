@@ -14,7 +14,14 @@ import json
 import os
 from typing import Any
 
-__all__ = ["activate", "active_connection", "connection_settings_from_env", "drop_all", "schema_name"]
+__all__ = [
+    "activate",
+    "active_connection",
+    "backend_of",
+    "connection_settings_from_env",
+    "drop_all",
+    "schema_name",
+]
 
 DEFAULT_PREFIX = "sysid_"
 _BACKENDS = {"mysql": "mysql", "mariadb": "mysql", "postgresql": "postgresql", "postgres": "postgresql"}
@@ -75,10 +82,15 @@ def _apply_store_config() -> None:
     dj.config.stores = {**dict(dj.config.stores), **stores}
 
 
+def backend_of(conn) -> str:
+    """``"postgresql"`` or ``"mysql"`` (MySQL and MariaDB): the SQL dialect of a DataJoint connection."""
+    return "postgresql" if "postgres" in type(conn.adapter).__name__.lower() else "mysql"
+
+
 @contextlib.contextmanager
 def _activation_lock(conn, name: str, timeout: int = 120):
     """A server-side lock named after the schema (PostgreSQL advisory lock / MySQL GET_LOCK)."""
-    postgres = "postgres" in type(conn.adapter).__name__.lower()
+    postgres = backend_of(conn) == "postgresql"
     lock = f"sysid_activate_{name}"[:64]
     if postgres:
         conn.query("SELECT pg_advisory_lock(hashtext(%s))", args=(lock,))
@@ -114,7 +126,9 @@ def schema_name(prefix: str | None = None) -> str:
 def activate(prefix: str | None = None, *, backend: str | None = None):
     """Connect and bind all pipeline tables to the schema ``<prefix>pipeline`` (created if missing).
 
-    Also creates the SQL views (:mod:`schemas.views`). Calling it again with another prefix or
+    Also creates the SQL views (:mod:`schemas.views`) and the jobs tables of the computed tables
+    (:func:`schemas.jobs.declare_jobs_tables`), under a server-side lock, so that workers starting
+    together on a fresh schema do not race to create them. Calling it again with another prefix or
     backend rebinds the tables.
 
     Args:
@@ -126,7 +140,7 @@ def activate(prefix: str | None = None, *, backend: str | None = None):
     """
     import datajoint as dj
 
-    from . import configs, downstream, trained_model, views  # noqa: F401  (declare the table classes)
+    from . import configs, downstream, jobs, trained_model, views  # noqa: F401  (declare the table classes)
     from ._schema import schema
 
     if prefix is None:
@@ -155,6 +169,7 @@ def activate(prefix: str | None = None, *, backend: str | None = None):
         # several workers may activate a fresh schema at once: declare tables one process at a time
         schema.activate(name, connection=conn)
         views.create_views(conn, name)
+        jobs.declare_jobs_tables()
     _state["connection"] = conn
     _state["prefix"] = prefix
     return conn
@@ -184,3 +199,6 @@ def drop_all() -> None:
         schema.drop(prompt=False)
     schema.database = None
     _state["prefix"] = None
+    from .jobs import forget_tables
+
+    forget_tables()

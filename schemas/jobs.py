@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from .connection import active_connection
+from .connection import active_connection, backend_of
 from .trained_model import TrainedModel, TrainingProgress, clear_stop, request_stop, stop_requested
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,9 @@ __all__ = [
     "clear_orphaned_reservations",
     "clear_stop",
     "computed_tables",
+    "declare_jobs_tables",
     "errors",
+    "has_work",
     "ignore_errors",
     "job_status",
     "populate_all",
@@ -30,17 +32,102 @@ __all__ = [
     "stop_requested",
 ]
 
+#: job states that keep a key from being computed by populate (besides the key being done)
+_BLOCKING_STATES = ("reserved", "error", "ignore")
+
+# table instances of the bound schema, reused across polls: an instance caches its key_source,
+# its jobs table object and the headings behind them, which DataJoint otherwise reloads (dozens of
+# queries) for every new instance. Keyed by (database, id(connection)) so that rebinding rebuilds it.
+_table_cache: dict[str, Any] = {"binding": None, "tables": None}
+
 
 def computed_tables() -> dict[str, Any]:
-    """The populated tables in populate order: ``{name: table instance}``."""
+    """The populated tables in populate order: ``{name: table instance}``.
+
+    The instances are cached for the bound schema and connection (they are unrestricted; restrict
+    them with ``&``, which makes new objects). :func:`schemas.activate` to another schema or
+    connection makes new ones.
+    """
+    from ._schema import schema
     from .downstream import DataInfo, NeuronScore, ReadoutParameters
 
-    return {
-        "DataInfo": DataInfo(),
-        "TrainedModel": TrainedModel(),
-        "NeuronScore": NeuronScore(),
-        "ReadoutParameters": ReadoutParameters(),
-    }
+    binding = (schema.database, id(schema.connection))
+    tables = _table_cache["tables"]
+    if tables is None or _table_cache["binding"] != binding:
+        tables = {
+            "DataInfo": DataInfo(),
+            "TrainedModel": TrainedModel(),
+            "NeuronScore": NeuronScore(),
+            "ReadoutParameters": ReadoutParameters(),
+        }
+        _table_cache.update(binding=binding, tables=tables)
+    return dict(tables)
+
+
+def forget_tables() -> None:
+    """Drop the cached table instances of :func:`computed_tables` (after dropping the schema)."""
+    _table_cache.update(binding=None, tables=None)
+
+
+def _declared_type(table, attribute: str) -> str:
+    """The type ``attribute`` was declared with in the table that introduces it (following foreign keys).
+
+    DataJoint reads an inherited attribute back with its SQL type only (``integer``, ``int``), not
+    the core type of the parent's definition (``int32``).
+    """
+    heading_attribute = table.heading[attribute]
+    if heading_attribute.original_type:
+        return heading_attribute.original_type
+    for parent, props in table.parents(primary=True, as_objects=True, foreign_key_info=True):
+        parent_attribute = props.get("attr_map", {}).get(attribute)
+        if parent_attribute is not None:
+            return _declared_type(parent, parent_attribute)
+    return heading_attribute.type
+
+
+def declare_jobs_tables() -> list[str]:
+    """Create the jobs table of every computed table now (DataJoint creates them lazily otherwise).
+
+    :func:`schemas.activate` calls this under its server-side lock: workers that populate a fresh
+    schema at the same time would otherwise race to create the same jobs table (``DuplicateError``
+    on its index). Key columns are declared with the core types of the tables that introduce them
+    (``seed : int32``): DataJoint's own definition uses the SQL type read back from the database and
+    logs "Native type 'integer' is used in attribute 'seed'" for every jobs table it creates.
+
+    Returns:
+        The names of the tables whose jobs table was created here.
+    """
+    from datajoint.jobs import Job
+
+    created = []
+    for name, table in computed_tables().items():
+        job = Job(table)
+        if not job.is_declared:
+            lines = []
+            for line in job.definition.splitlines():
+                attribute, _, sql_type = (part.strip() for part in line.partition(" : "))
+                if sql_type and attribute in table.primary_key:
+                    line = f"    {attribute} : {_declared_type(table, attribute)}"
+                lines.append(line)
+            job._definition = "\n".join(lines)
+            job.declare()
+            created.append(name)
+        table._jobs = job
+    return created
+
+
+def has_work(table, restriction=None) -> bool:
+    """Whether ``table.populate(restriction, reserve_jobs=True)`` may find a key to compute.
+
+    One COUNT query: keys of the key source (restricted) that are neither computed nor reserved,
+    failed or ignored in the jobs table. Pending jobs scheduled for later count as work (populate
+    then finds none), so this never hides work from a worker.
+    """
+    from datajoint.condition import Not
+
+    todo = table._jobs_to_do(_restrict(restriction)) - table.proj()
+    blocked = table.jobs & f"status in ({', '.join(repr(s) for s in _BLOCKING_STATES)})"
+    return bool(todo.restrict(Not(blocked), semantic_check=False))
 
 
 def _restrict(restriction) -> tuple:
@@ -64,6 +151,9 @@ def populate_all(
         suppress_errors: record errors in the jobs tables and go on (False: raise the first one).
         display_progress: show progress bars.
 
+    With ``reserve_jobs`` a table is populated only when :func:`has_work` finds keys for it, so an
+    idle poll costs four COUNT queries.
+
     Returns:
         ``{table name: {"success_count": int, "error_list": [...]}}``; ``"interrupted": True`` is
         added to a table's entry when a stop request ended it (later tables are then skipped).
@@ -72,6 +162,10 @@ def populate_all(
     for name, table in computed_tables().items():
         if stop_requested():
             break
+        if reserve_jobs and not has_work(table, restriction):
+            # an idle poll costs one COUNT per table instead of a job refresh and a pending scan
+            results[name] = {"success_count": 0, "error_list": []}
+            continue
         result = table.populate(
             *_restrict(restriction),
             reserve_jobs=reserve_jobs,
@@ -86,7 +180,7 @@ def populate_all(
 def _live_connection_ids() -> set[int]:
     """Connection ids the server knows now (MySQL process list ids / PostgreSQL backend pids)."""
     conn = active_connection()
-    if "postgres" in type(conn.adapter).__name__.lower():
+    if backend_of(conn) == "postgresql":
         rows = conn.query("SELECT pid FROM pg_stat_activity").fetchall()
     else:
         rows = conn.query("SELECT ID FROM information_schema.PROCESSLIST").fetchall()

@@ -21,6 +21,7 @@ import datajoint as dj
 from . import state_io
 from ._schema import schema
 from .configs import Dataset, Model, Seed, Trainer  # noqa: F401  (used in the definitions)
+from .connection import backend_of
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +115,6 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _backend(connection) -> str:
-    return "postgresql" if "postgres" in type(connection.adapter).__name__.lower() else "mysql"
-
-
 def _checkpoint_every() -> int:
     raw = os.environ.get("SYSID_CHECKPOINT_EVERY", "1")
     try:
@@ -170,7 +167,7 @@ class ProgressRecorder:
     def checkpoint_limit(self) -> float:
         """Largest checkpoint the server accepts in one statement (MySQL: half of max_allowed_packet)."""
         if self._limit is None:
-            if _backend(self.connection) == "mysql":
+            if backend_of(self.connection) == "mysql":
                 packet = int(self.connection.query("SELECT @@max_allowed_packet").fetchone()[0])
                 self._limit = packet * MYSQL_PACKET_SHARE
             else:

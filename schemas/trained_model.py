@@ -10,6 +10,7 @@ while a model trains) checkpoints, ends training and hands the job back to the q
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import socket
@@ -125,8 +126,6 @@ class TrainedModel(dj.Computed):
         self, key, dataset_fn, dataset_config, model_fn, model_config, trainer_fn, trainer_config, seed
     ):
         """Build loaders, model and trainer, train (resuming from a checkpoint), return the result."""
-        import torch
-
         key = _primary_key(self, key)
         if stop_requested():
             raise TrainingInterrupted("stop requested before training started")
@@ -163,7 +162,7 @@ class TrainedModel(dj.Computed):
         if resumed_from is not None:
             output["resumed_from_epoch"] = resumed_from
         state = state_io.state_to_numpy(state_dict)
-        device = str(trainer_config.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = device_used(model, output)
         meta = {
             "seconds": time.time() - started,
             "host": socket.gethostname()[:255],
@@ -305,6 +304,40 @@ class TrainedModel(dj.Computed):
         data = stored.read() if hasattr(stored, "read") else bytes(stored)
         state = state_io.from_bytes(data, device=device)
         return {k: torch.as_tensor(v).to(device) for k, v in state.items()}
+
+
+def device_used(model, output: Mapping[str, Any] | None = None) -> str:
+    """The device a training actually ran on, as stored in ``TrainedModel.device`` (at most 64 characters).
+
+    The trainer config may say ``"auto"`` or ``"cuda"``; what counts is where the model ended up:
+    the trainer's ``output["device"]`` when it reports one, else the device of the model's first
+    parameter or buffer (the trainer moves the model in place), else ``"cpu"``. A CUDA device gets
+    its index and the GPU's name: ``"cuda:0 (NVIDIA H100 80GB HBM3)"``.
+
+    Args:
+        model: the trained ``torch.nn.Module``.
+        output: the trainer's output dict.
+    """
+    import torch
+
+    reported = (output or {}).get("device")
+    if reported:
+        try:
+            device = torch.device(str(reported))
+        except RuntimeError:  # not a torch device string: keep what the trainer said
+            return str(reported)[:64]
+    else:
+        tensors = itertools.chain(model.parameters(), model.buffers())
+        first = next(tensors, None)
+        device = first.device if first is not None else torch.device("cpu")
+    if device.type != "cuda":
+        return str(device)[:64]
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = torch.cuda.get_device_name(index)
+    except (RuntimeError, AssertionError):  # CUDA not usable in this process: keep the bare device
+        return str(device)[:64]
+    return f"cuda:{index} ({name})"[:64]
 
 
 def _primary_key(table, row: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "WorkerOptions",
     "configure_device",
     "describe_key",
+    "limit_cpu_threads",
     "request_stop_from_signal",
     "run_worker",
 ]
@@ -155,6 +156,33 @@ def configure_device(device: str) -> str:
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return f"{device} ({torch.cuda.get_device_name(0)})"
+
+
+#: environment variables read by the OpenMP / BLAS runtimes when torch (or numpy) loads them
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Run this process's CPU work on ``threads`` threads (one worker per core: ``threads=1``).
+
+    Sets the OpenMP/MKL/OpenBLAS thread variables (effective for libraries loaded later; start a
+    worker with them in its environment to cover everything), torch's intra-op threads and, when
+    torch has not run parallel work yet, its inter-op threads.
+
+    Raises:
+        ValueError: ``threads`` < 1.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # inter-op threads can only be set once, before any parallel work
+        log.debug("torch inter-op threads already fixed at %d", torch.get_num_interop_threads())
 
 
 def describe_key(key: Mapping[str, Any]) -> str:
@@ -290,9 +318,7 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
         stop = StopSignal(lambda signum: request_stop_from_signal(schemas, signum))
     device = configure_device(options.device)
     if options.threads is not None:
-        import torch
-
-        torch.set_num_threads(options.threads)
+        limit_cpu_threads(options.threads)
     if schemas is None:
         from .database import activate
 

@@ -107,3 +107,22 @@ def test_stop_signal_survives_a_later_python_handler():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "stopped True"
+
+
+def test_limit_cpu_threads_in_a_fresh_process():
+    code = textwrap.dedent(
+        """
+        import os
+        from sysid.worker import limit_cpu_threads
+        limit_cpu_threads(1)
+        import torch
+        print(torch.get_num_threads(), torch.get_num_interop_threads(), os.environ["OMP_NUM_THREADS"])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in worker.THREAD_VARIABLES}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, timeout=120
+    )
+    assert out.stdout.split() == ["1", "1", "1"]
+    with pytest.raises(ValueError, match="threads"):
+        worker.limit_cpu_threads(0)

@@ -1,7 +1,8 @@
-"""Connection helpers: no import-time database access, embedded server status, schema names."""
+"""Connection helpers: no import-time database access, embedded server status, schema names, activation."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -44,3 +45,99 @@ def test_schema_names_are_validated(db):
         schemas.schema_name("Bad-")
     with pytest.raises(ValueError, match="backend"):
         schemas.activate("abc_", backend="oracle")
+
+
+#: one of several processes activating a brand-new schema and populating at once (see below)
+FRESH_SCHEMA_WORKER = """
+import os, sys, time, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+import schemas
+schemas.activate(os.environ["SYSID_SCHEMA_PREFIX"], backend=os.environ["SYSID_TEST_BACKEND"])
+folder = Path(os.environ["SYSID_BARRIER"])
+(folder / str(os.getpid())).touch()
+deadline = time.time() + 90
+while len(list(folder.iterdir())) < int(os.environ["SYSID_N_WORKERS"]) and time.time() < deadline:
+    time.sleep(0.01)
+result = schemas.populate_all(reserve_jobs=True, suppress_errors=False)
+print("OK", sorted(result))
+"""
+
+
+def test_concurrent_first_populates_on_a_fresh_schema_do_not_race(db, worker_env, tmp_path):
+    import uuid
+
+    import schemas
+    from schemas import jobs
+
+    prefix = f"test_{uuid.uuid4().hex[:8]}_"
+    n_workers = 4
+    env = {
+        **worker_env,
+        "SYSID_SCHEMA_PREFIX": prefix,
+        "SYSID_BARRIER": str(tmp_path),
+        "SYSID_N_WORKERS": str(n_workers),
+    }
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", FRESH_SCHEMA_WORKER],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n_workers)
+    ]
+    outputs = [p.communicate(timeout=180) for p in processes]
+    try:
+        for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+            assert process.returncode == 0 and "OK" in stdout, stderr[-3000:]
+            assert "DuplicateError" not in stderr
+        schemas.activate(prefix, backend=db.backend_arg)
+        from datajoint.jobs import Job
+
+        assert all(Job(table).is_declared for table in jobs.computed_tables().values())
+    finally:
+        schemas.activate(prefix, backend=db.backend_arg)
+        schemas.drop_all()
+        db.activate()
+
+
+class _Records(logging.Handler):
+    """Collects the messages logged to a logger."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_activate_declares_jobs_tables_with_core_types(db):
+    import uuid
+
+    from datajoint.jobs import Job
+
+    import schemas
+    from schemas import jobs
+
+    records = _Records()
+    dj_logger = logging.getLogger("datajoint")
+    dj_logger.addHandler(records)
+    prefix = f"test_{uuid.uuid4().hex[:8]}_"
+    try:
+        schemas.activate(prefix, backend=db.backend_arg)
+        tables = jobs.computed_tables()
+        assert all(Job(table).is_declared for table in tables.values())
+        schemas.populate_all(reserve_jobs=True)
+        trained = tables["TrainedModel"]
+        assert trained.jobs.heading["seed"].original_type == "int32"
+        assert jobs.computed_tables()["TrainedModel"] is trained  # cached between polls
+    finally:
+        dj_logger.removeHandler(records)
+        schemas.drop_all()
+        db.activate()
+    assert not [m for m in records.messages if m.startswith("Native type")], records.messages
+    assert jobs.computed_tables()["TrainedModel"] is not trained  # rebinding makes new instances

@@ -237,3 +237,58 @@ def test_progress_recorder_checkpoints_every_k_epochs_and_on_stop(empty_db, monk
     monkeypatch.setenv("SYSID_CHECKPOINT_EVERY", "0")
     with pytest.raises(ValueError, match="SYSID_CHECKPOINT_EVERY"):
         _checkpoint_every()
+
+
+def test_device_is_where_the_model_trained_not_the_config_value(empty_db):
+    import schemas
+    from schemas import TrainedModel
+    from schemas.trained_model import device_used
+
+    key = {**_register({"epochs": 1}), "seed": 1}
+    schemas.populate_all(reserve_jobs=True)
+    assert (TrainedModel() & key).to_dicts()[0]["device"] == "cpu"
+
+    model = torch.nn.Linear(2, 1)
+    assert device_used(model) == "cpu"
+    assert device_used(torch.nn.Linear(2, 1, device="meta")) == "meta"  # read from the parameters
+    assert device_used(torch.nn.Module()) == "cpu"  # nothing to look at
+    assert device_used(model, {"device": "meta"}) == "meta"  # the trainer's report wins
+    assert device_used(model, {"device": "not a device"}) == "not a device"
+    if torch.cuda.is_available():
+        described = device_used(model.to("cuda"))
+        assert described.startswith("cuda:0 (") and torch.cuda.get_device_name(0)[:20] in described
+
+
+def test_idle_poll_is_a_few_counts_and_skips_only_tables_without_work(empty_db):
+    import schemas
+    from schemas import TrainedModel
+    from schemas.jobs import computed_tables, has_work
+
+    key = {**_register({"epochs": 1}), "seed": 1}
+    trained = computed_tables()["TrainedModel"]
+    assert has_work(trained) and not has_work(trained, {"seed": 2})
+    jobs = TrainedModel().jobs
+    jobs.refresh()
+    assert has_work(trained)  # pending
+    assert jobs.reserve(key) and not has_work(trained)  # reserved by a worker
+    jobs.error(key, "RuntimeError: failed on purpose")
+    assert not has_work(trained)  # failed jobs wait for retry_errors
+    assert schemas.retry_errors("TrainedModel") == 1 and has_work(trained)
+    result = schemas.populate_all(reserve_jobs=True)
+    assert result["TrainedModel"]["success_count"] == 1 and not has_work(trained)
+
+    conn = empty_db.conn
+    statements: list[str] = []
+    query = conn.query
+
+    def counting(sql, *args, **kwargs):
+        statements.append(sql)
+        return query(sql, *args, **kwargs)
+
+    conn.query = counting
+    try:
+        idle = schemas.populate_all(reserve_jobs=True, max_calls=1)
+    finally:
+        del conn.query  # back to the class's method
+    assert all(entry == {"success_count": 0, "error_list": []} for entry in idle.values())
+    assert len(statements) <= len(idle), statements
