@@ -5,6 +5,7 @@ everywhere and pin what the deployment relies on: the database settings, the hea
 GPU reservations, volumes, and that no password is written into any committed file.
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -114,9 +115,12 @@ def test_docker_compose_config_validates(tmp_path):
         pytest.skip("neither the docker compose plugin nor docker-compose is installed")
     env_file = tmp_path / ".env"
     env_file.write_text("MYSQL_ROOT_PASSWORD=x\nDJ_USER=u\nDJ_PASS=p\n")
+    # variables in the environment beat the env file: drop the test run's own DJ_* settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJ_", "MYSQL_", "SYSID_"))}
     result = subprocess.run(
         [*command, "--env-file", str(env_file), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
