@@ -20,7 +20,7 @@ the ratio of the median epochs (goal ≥ 2×), and the validation correlation af
 so only approximately equal numbers are expected after few epochs).
 
 Usage: ``python benchmarks/bench_training.py [--epochs 3] [--threads 2] [--path DATASET]
-[--train-n N] [--skip-peer] [--converge --max-iter 200]``; ``--train-n N`` trains both sides on the
+[--train-n N] [--skip-peer] [--shuffle-seeds 1 2] [--converge --max-iter 200]``; ``--train-n N`` trains both sides on the
 first N train trials only (a CPU needs minutes per full epoch); ``--converge`` then also trains ours
 with the full SOTA schedule (early stopping) and prints its validation correlation and wall time.
 """
@@ -64,7 +64,14 @@ def first_train_trials(path: str, train_n: int | None) -> np.ndarray | None:
     return np.flatnonzero(tiers == "train")[:train_n]
 
 
-def train_ours(path: str, seed: int, epochs: int, cache_dir: str, train_trials: np.ndarray | None) -> dict:
+def train_ours(
+    path: str,
+    seed: int,
+    epochs: int,
+    cache_dir: str,
+    train_trials: np.ndarray | None,
+    shuffle_seed: int | None = None,
+) -> dict:
     from pipeline.data import static_loaders
     from pipeline.models.builders import SENSORIUM_SOTA_MODEL_CONFIG, stacked_core_full_gauss_readout
     from pipeline.training import standard_trainer
@@ -75,7 +82,12 @@ def train_ours(path: str, seed: int, epochs: int, cache_dir: str, train_trials: 
         frame_ids = np.load(Path(path) / "meta" / "trials" / "frame_image_id.npy")
         image_ids = [[int(i) for i in frame_ids[train_trials]]]
     loaders = static_loaders(
-        [path], batch_size=BATCH_SIZE, seed=seed, normalize=True, cache_dir=cache_dir, image_ids=image_ids
+        [path],
+        batch_size=BATCH_SIZE,
+        seed=seed if shuffle_seed is None else shuffle_seed,
+        normalize=True,
+        cache_dir=cache_dir,
+        image_ids=image_ids,
     )
     load_s = time.perf_counter() - start
     model = stacked_core_full_gauss_readout(loaders, seed=seed, **SENSORIUM_SOTA_MODEL_CONFIG)
@@ -231,6 +243,14 @@ def main() -> None:
     )
     parser.add_argument("--converge", action="store_true", help="also train ours with the full SOTA schedule")
     parser.add_argument("--max-iter", type=int, default=200)
+    parser.add_argument(
+        "--shuffle-seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also train ours with these shuffling seeds (same initial weights): the spread of the validation "
+        "correlation that the batch order alone causes, to judge the ours-vs-peer difference",
+    )
     args = parser.parse_args()
     if not Path(args.path).exists():
         raise SystemExit(f"dataset not found: {args.path}")
@@ -269,6 +289,18 @@ def main() -> None:
             )
             print(
                 f"val corr difference ours - peer: {ours['score'] - peer['score']:+.4f} (goal within ±0.005)"
+            )
+        if args.shuffle_seeds:
+            finals = [ours["score"]]
+            for shuffle_seed in args.shuffle_seeds:
+                other = train_ours(args.path, args.seed, args.epochs, cache_dir, train_trials, shuffle_seed)
+                finals.append(other["score"])
+                print(
+                    f"ours, shuffle seed {shuffle_seed}: val corr per epoch {np.round(other['val'], 4).tolist()}"
+                )
+            print(
+                f"ours over {len(finals)} batch orders: val corr {np.mean(finals):.4f} ± {np.std(finals):.4f} "
+                f"(range {min(finals):.4f}–{max(finals):.4f})"
             )
         if args.converge:
             from pipeline.models.builders import SENSORIUM_SOTA_MODEL_CONFIG, stacked_core_full_gauss_readout
