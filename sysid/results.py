@@ -153,7 +153,11 @@ _SHORT_HEADERS = {
 
 
 def results_table(
-    df: pd.DataFrame, title: str = "trained models", max_rows: int | None = None, all_columns=False
+    df: pd.DataFrame,
+    title: str = "trained models",
+    max_rows: int | None = None,
+    all_columns: bool = False,
+    width: int | None = None,
 ):
     """The rich table that ``sysid results`` and ``sysid demo`` print for a results DataFrame.
 
@@ -167,8 +171,12 @@ def results_table(
         title: table title; the row count is appended.
         max_rows: show at most this many rows.
         all_columns: show every column instead of the summary.
+        width: terminal width (default: the console's); config columns that do not fit are left
+            out of the summary, and the caption says how many.
     """
-    from .render import compact_keys, dataframe_table
+    from rich.console import Console
+
+    from .render import compact_keys, dataframe_table, format_value
 
     shown = compact_keys(df)
     columns = list(shown.columns) if all_columns else summary_columns(shown)
@@ -187,6 +195,21 @@ def results_table(
     config = [c for c in columns if str(c).startswith(tuple(f"{r}." for r in _ROLES))]
     short = [str(c).split(".", 1)[1] for c in config]
     headers.update({c: n for c, n in zip(config, short) if short.count(n) == 1})
+    if not all_columns:
+        # a too-wide table makes rich squeeze every column; drop config columns from the right instead
+        width = width or Console().width
+
+        def column_width(c) -> int:
+            cells = [len(format_value(v)) for v in shown[c].head(max_rows or len(shown))]
+            return max([len(headers.get(str(c), str(c)))] + cells) + 3
+
+        hidden = 0
+        while config and sum(column_width(c) for c in columns) + 1 > width:
+            columns.remove(config.pop())
+            hidden += 1
+        if hidden:
+            note = f"{hidden} config column(s) hidden: widen the terminal, or --all-columns / --csv"
+            caption = f"{caption}; {note}" if caption else note
     return dataframe_table(
         shown,
         title=f"{title} ({len(df)})",

@@ -68,3 +68,24 @@ def test_dataframe_table_renders_values():
     assert format_value(None) == "" and format_value(float("nan")) == "" and format_value(3) == "3"
     with pytest.raises(TypeError, match="DataFrame"):
         dataframe_table([1, 2])
+
+
+def _render(table, width: int) -> str:
+    console = Console(width=width, record=True, force_terminal=False)
+    console.print(table)
+    return console.export_text()
+
+
+def test_results_table_hides_config_columns_that_do_not_fit(results):
+    from sysid.results import results_table
+
+    wide = flatten_configs(results)
+    for i in range(6):  # many differing config values: more than 80 columns of text
+        wide[f"model.some_long_parameter_{i}"] = [0.001 * i, 0.002 * i, 0.003 * i]
+    narrow_text = _render(results_table(wide, width=80), 80)
+    assert "seed" in narrow_text and "score" in narrow_text  # keys and scores always stay
+    assert "some_long_parameter_5" not in narrow_text
+    assert "config column(s) hidden" in narrow_text
+    full_text = _render(results_table(wide, width=400), 400)
+    assert "some_long_parameter_5" in full_text and "hidden" not in full_text
+    assert "a:11111111" in full_text  # model keys as function:first 8 hash digits
