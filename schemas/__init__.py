@@ -62,7 +62,6 @@ _SUBMODULES = {
     "downstream",
     "jobs",
     "views",
-    "scoring",
     "state_io",
     "progress",
 }

@@ -16,7 +16,7 @@ import numpy as np
 
 from ._schema import schema
 from .configs import Dataset
-from .scoring import score_model
+from pipeline.scoring import score_model
 from .trained_model import TrainedModel, build_dataloaders
 
 __all__ = ["DataInfo", "NeuronScore", "ReadoutParameters"]

@@ -1,4 +1,4 @@
-"""Per-neuron scores of a model over its loaders (no database access; used by NeuronScore)."""
+"""Per-neuron scores of a model over its loaders on every tier (used by the NeuronScore table)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from pipeline.contracts import NEURON_SCORE_NAMES
 
 __all__ = ["has_repeats", "score_model"]
 
@@ -41,13 +43,8 @@ def score_model(model, dataloaders: Mapping[str, Mapping[str, Any]], device: str
         scores[tier] = {}
         for data_key, loader in loaders.items():
             targets, outputs = measures.model_predictions(model, loader, data_key, device)
-            entry: dict[str, Any] = {
-                "correlation": np.asarray(measures.corr(targets, outputs, axis=0), dtype=np.float64),
-                "correlation_to_average": None,
-                "fev": None,
-                "feve": None,
-                "oracle": None,
-            }
+            entry: dict[str, Any] = dict.fromkeys(NEURON_SCORE_NAMES)
+            entry["correlation"] = np.asarray(measures.corr(targets, outputs, axis=0), dtype=np.float64)
             if has_repeats(loader):
                 repeated_targets, repeated_outputs = measures.model_predictions_repeats(
                     model, loader, data_key, device
