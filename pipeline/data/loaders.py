@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.contracts import ordered_tiers, resolve_device
+
 from .datasets import ArrayNamespace, StaticDataset, get_data_key
 
 __all__ = ["TensorLoader", "TierView", "static_loaders", "static_loader", "get_data_key", "batch_type"]
 
-_TIER_ORDER = ("train", "validation", "test", "final_test")
 #: CPU tiers whose images take at most this many bytes as float32 are normalised once at construction;
 #: larger tiers, and tiers on a GPU (where converting a batch costs next to nothing), keep uint8 images
 #: and normalise each batch.
@@ -265,13 +266,6 @@ class TensorLoader:
 
 
 # ---------------------------------------------------------------------------- building
-def _resolve_device(cuda: bool, device: str | torch.device | None) -> torch.device:
-    dev = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {dev} requested (cuda=True or device='cuda') but CUDA is not available")
-    return dev
-
-
 def _as_list(value, name: str) -> list | None:
     if value is None:
         return None
@@ -476,7 +470,7 @@ def static_loader(
         raise ValueError(
             f"exclude names unknown fields {sorted(unknown)}; use images/responses/behavior/pupil_center"
         )
-    dev = _resolve_device(cuda, device)
+    dev = resolve_device(device if device is not None else "cuda" if cuda else "cpu")
     ds = dataset if dataset is not None else StaticDataset(path, use_cache=use_cache, cache_dir=cache_dir)
 
     if tier is not None and tier not in ds.tiers:
@@ -692,4 +686,4 @@ def static_loaders(
             )
         for name, loader in loaders.items():
             out.setdefault(name, {})[key] = loader
-    return {name: out[name] for name in sorted(out, key=lambda t: (_TIER_ORDER + (t,)).index(t))}
+    return {name: out[name] for name in ordered_tiers(out)}

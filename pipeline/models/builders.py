@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.contracts import split_batch, train_loaders
 from pipeline.models.cores import Stacked2dCore
 from pipeline.models.encoders import FiringRateEncoder
 from pipeline.models.readouts import MultipleFullFactorized2d, MultipleFullGaussian2d
 from pipeline.models.shifters import MLPShifter, StaticAffine2dShifter
-from pipeline.utils import batch_as_dict, get_module_output, set_seed
+from pipeline.utils import get_module_output, set_seed
 
 __all__ = [
     "SENSORIUM_SOTA_MODEL_CONFIG",
@@ -85,33 +86,12 @@ _CORE_ARGUMENTS = (
 
 
 # --------------------------------------------------------------------------------------- data info
-def _session_loaders(dataloaders: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``{data_key: loader}`` of the training tier, from either the tier dict or the full dict."""
-    if not isinstance(dataloaders, Mapping):
-        raise TypeError(
-            f"dataloaders must be a dict {{data_key: loader}} or {{tier: {{data_key: loader}}}}, "
-            f"got {type(dataloaders).__name__}"
-        )
-    if "train" in dataloaders and isinstance(dataloaders["train"], Mapping):
-        dataloaders = dataloaders["train"]
-    if not dataloaders:
-        raise ValueError("dataloaders holds no session")
-    return dataloaders
-
-
-def _first_two_fields(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    fields = list(batch_as_dict(batch).values())
-    if len(fields) < 2:
-        raise ValueError("a batch must hold at least the images and the responses")
-    return fields[0], fields[1]
-
-
 def _mean_activity(loader: Any) -> list[float]:
     """Per-neuron mean response over one pass of ``loader`` (float64 accumulation)."""
     total, count = None, 0
     with torch.no_grad():
         for batch in loader:
-            responses = torch.as_tensor(_first_two_fields(batch)[1]).detach().to("cpu", torch.float64)
+            responses = torch.as_tensor(split_batch(batch).targets).detach().to("cpu", torch.float64)
             total = responses.sum(0) if total is None else total + responses.sum(0)
             count += responses.shape[0]
     if not count:
@@ -124,7 +104,8 @@ def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool =
 
     Args:
         dataloaders: ``{data_key: loader}`` or ``{tier: {data_key: loader}}`` (the ``"train"`` tier
-            is used). A batch is a namedtuple or dict whose first two fields are the images
+            is used). A batch is read with :func:`pipeline.contracts.split_batch`: a namedtuple whose
+            first two fields, or a dict whose ``images``/``responses`` keys, are the images
             ``(B, C, H, W)`` and the responses ``(B, N)``; ``loader.dataset.neurons.cell_motor_coordinates``
             ``(N, 3)`` is read when present.
         mean_activity: whether to compute each neuron's mean response over one pass of the loader
@@ -135,12 +116,12 @@ def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool =
         "cortex_coordinates": N x 3 list or None, "mean_activity": length-N list or None}}``.
     """
     info: dict[str, dict] = {}
-    for data_key, loader in _session_loaders(dataloaders).items():
+    for data_key, loader in train_loaders(dataloaders).items():
         try:
             batch = next(iter(loader))
         except StopIteration:
             raise ValueError(f"the loader of session {data_key!r} yields no batches") from None
-        images, responses = _first_two_fields(batch)
+        images, responses, _ = split_batch(batch)
         if images.dim() != 4:
             raise ValueError(f"session {data_key!r}: images must be (B, C, H, W), got {tuple(images.shape)}")
         if responses.dim() != 2:
@@ -267,7 +248,7 @@ def _shared_match_ids(
     """Match ids per session for feature/grid sharing: given, or ``dataset.neurons.multi_match_id``."""
     if shared_match_ids is None:
         shared_match_ids = {}
-        loaders = _session_loaders(dataloaders) if dataloaders is not None else {}
+        loaders = train_loaders(dataloaders) if dataloaders is not None else {}
         for key, entry in info.items():
             ids = entry.get("multi_match_id")
             if ids is None and key in loaders:
