@@ -577,6 +577,10 @@ def static_loader(
     return (ds.data_key, loaders) if get_key else loaders
 
 
+#: the options of static_loaders that differ per path (the others are passed on to static_loader as they are)
+_PER_PATH_OPTIONS = ("paths", "neuron_ids", "image_ids", "seed")
+
+
 def _per_path(value, n_paths: int, name: str) -> list:
     """Expand a per-session list option (list of lists) to one entry per path."""
     if value is None:
@@ -636,6 +640,8 @@ def static_loaders(
     Raises:
         ValueError: no paths, two paths with the same session key, or any ``static_loader`` error.
     """
+    # every option but the per-path ones goes to static_loader under its own name
+    options = {name: value for name, value in locals().items() if name not in _PER_PATH_OPTIONS}
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     paths = list(paths)
@@ -649,36 +655,7 @@ def static_loaders(
             None if seed is None else int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
         )
         key, loaders = static_loader(
-            path,
-            batch_size,
-            areas=areas,
-            layers=layers,
-            tier=tier,
-            neuron_ids=n_ids,
-            neuron_n=neuron_n,
-            exclude_neuron_n=exclude_neuron_n,
-            neuron_base_seed=neuron_base_seed,
-            image_ids=i_ids,
-            image_n=image_n,
-            image_base_seed=image_base_seed,
-            get_key=True,
-            cuda=cuda,
-            device=device,
-            normalize=normalize,
-            exclude=exclude,
-            include_behavior=include_behavior,
-            add_behavior_as_channels=add_behavior_as_channels,
-            include_eye_position=include_eye_position,
-            add_eye_pos_as_channels=add_eye_pos_as_channels,
-            file_tree=file_tree,
-            inputs_mean=inputs_mean,
-            inputs_std=inputs_std,
-            scale=scale,
-            return_test_sampler=return_test_sampler,
-            seed=session_seed,
-            stats_source=stats_source,
-            use_cache=use_cache,
-            cache_dir=cache_dir,
+            path, neuron_ids=n_ids, image_ids=i_ids, seed=session_seed, get_key=True, **options
         )
         if any(key in by_key for by_key in out.values()):
             raise ValueError(

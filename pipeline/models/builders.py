@@ -300,14 +300,19 @@ def _session_readout_config(
     }
 
 
-def _seeded_data_info(
-    dataloaders: Mapping[str, Any] | None, data_info: Mapping[str, Any] | None, seed: int | None
-) -> dict:
-    """The checked data info; then seeds Python, NumPy and PyTorch (unless ``seed`` is None)."""
-    info = _resolve_data_info(dataloaders, data_info)
-    if seed is not None:
-        set_seed(seed)
-    return info
+def _seeded_core(arguments: Mapping[str, Any]) -> tuple[dict, nn.Module, dict[str, Any]]:
+    """What every builder starts from, given its ``arguments`` (its ``locals()``).
+
+    Returns:
+        The checked data info (from ``data_info`` or ``dataloaders``); then, after seeding Python,
+        NumPy and PyTorch with ``seed`` (unless None), the shared core; and the per-session readout
+        arguments (:func:`_session_readout_config`).
+    """
+    info = _resolve_data_info(arguments["dataloaders"], arguments["data_info"])
+    if arguments["seed"] is not None:
+        set_seed(arguments["seed"])
+    core, in_shapes = _build_core(info, **_core_config(arguments))
+    return info, core, _session_readout_config(info, in_shapes)
 
 
 def _core_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -418,9 +423,8 @@ def stacked_core_full_gauss_readout(
     Returns:
         A :class:`FiringRateEncoder` with ``.core``, ``.readout`` (keyed by data_key) and ``.shifter``.
     """
-    info = _seeded_data_info(dataloaders, data_info, seed)
+    info, core, session_config = _seeded_core(locals())
     gmp_config, gmp_type, source_grids = _grid_mean_predictor(grid_mean_predictor, info)
-    core, in_shapes = _build_core(info, **_core_config(locals()))
     sharing: dict[str, Any] = {}
     if share_features or share_grid:
         sharing = {
@@ -429,7 +433,7 @@ def stacked_core_full_gauss_readout(
             "shared_match_ids": _shared_match_ids(shared_match_ids, dataloaders, info),
         }
     readout = MultipleFullGaussian2d(
-        **_session_readout_config(info, in_shapes),
+        **session_config,
         init_mu_range=init_mu_range,
         init_sigma=init_sigma,
         bias=readout_bias,
@@ -500,10 +504,9 @@ def stacked_core_factorized_readout(
         constrain_pos, positive_weights: keep masks / features non-negative.
         elu_offset: offset of the output non-linearity.
     """
-    info = _seeded_data_info(dataloaders, data_info, seed)
-    core, in_shapes = _build_core(info, **_core_config(locals()))
+    _, core, session_config = _seeded_core(locals())
     readout = MultipleFullFactorized2d(
-        **_session_readout_config(info, in_shapes),
+        **session_config,
         bias=readout_bias,
         spatial_and_feature_reg_weight=gamma_readout,
         init_noise=init_noise,
