@@ -28,6 +28,7 @@ __all__ = [
     "Variable",
     "check_schema_prefix",
     "current_settings",
+    "settings_table",
 ]
 
 #: schema prefix when ``SYSID_SCHEMA_PREFIX`` is unset: tables live in ``sysid_pipeline``
@@ -72,7 +73,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SYSID_GIT_COMMIT", "the checkout's `HEAD`", "the commit stored with each trained model (for installs without `.git`)", "schemas.run_info"),
     Variable("SYSID_DEBUG", "off", "`1`: CLI errors show their traceback", "sysid.cli"),
     Variable("SYSID_DATA_DIR", "`./data`", "host folder mounted read-only at `/data` in the containers", "docker-compose.yml"),
+    Variable("MYSQL_ROOT_PASSWORD", "required in `.env`", "the MySQL server's root password", "docker-compose.yml"),
+    Variable("DB_PORT", "3306", "host port of the MySQL container, for SQL clients", "docker-compose.yml"),
 )  # fmt: skip
+
+
+def settings_table() -> str:
+    """The README's "Settings" table (Markdown), written from :data:`VARIABLES`."""
+    lines = ["| variable | default | what it sets | used by |", "|---|---|---|---|"]
+    lines += [f"| `{v.name}` | {v.default} | {v.meaning} | {v.read_by} |" for v in VARIABLES]
+    return "\n".join(lines)
 
 
 def check_schema_prefix(prefix: Any, suffix: str = "pipeline") -> str:

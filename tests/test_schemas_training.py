@@ -290,3 +290,34 @@ def test_idle_poll_is_a_few_counts_and_skips_only_tables_without_work(empty_db):
         del conn.query  # back to the class's method
     assert all(entry == {"success_count": 0, "error_list": []} for entry in idle.values())
     assert len(statements) <= len(idle), statements
+
+
+def test_worker_logs_each_job_from_the_tables_make_steps(empty_db, sysid_env):
+    """A real ``sysid worker`` subprocess: start/done/FAILED lines come from the make steps, with the key."""
+    import subprocess
+    import sys
+
+    from schemas.job_events import describe_key
+
+    good = {**_register({"epochs": 2}), "seed": 1}
+    bad = {**_register({"epochs": 3, "fail_at_epoch": 2}), "seed": 1}
+    result = subprocess.run(
+        [sys.executable, "-m", "sysid", "worker", "--once", "--threads", "1", "--device", "cpu"],
+        env=sysid_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+
+    def matching(text):
+        return [line for line in lines if text in line]
+
+    assert len(matching(f"start TrainedModel {describe_key(good)}")) == 1, result.stderr
+    (done,) = matching(f"done  TrainedModel {describe_key(good)} (")
+    assert done.endswith(" s)") and " INFO " in done
+    assert len(matching(f"start TrainedModel {describe_key(bad)}")) == 1, result.stderr
+    (failed,) = matching(f"FAILED TrainedModel {describe_key(bad)} after ")
+    assert " ERROR " in failed and failed.endswith("RuntimeError: toy trainer failed on purpose at epoch 2")
+    assert not matching("Making {") and not matching("Success making")  # nothing of DataJoint's own
