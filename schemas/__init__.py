@@ -66,6 +66,7 @@ _SUBMODULES = {
     "job_events",
     "jobs",
     "model_loading",
+    "model_neurons",
     "neuron_scores",
     "progress",
     "readout_parameters",

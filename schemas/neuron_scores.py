@@ -1,24 +1,15 @@
 """NeuronScore: every trained model scored on every tier, one row per neuron and tier.
 
 The table is written for any training table (``source``): a second one gets its score table from
-the same base, definitions and compute::
-
-    @schema
-    class TransferredNeuronScore(NeuronScoreTable, dj.Computed):
-        source = TransferredModel
-        definition = neuron_score_definition("TransferredModel")
-
-        class Unit(dj.Part):
-            definition = NEURON_SCORE_UNIT_DEFINITION
-
-Column names come from :data:`pipeline.contracts.NEURON_SCORE_NAMES` (per neuron) and
+the same base, definitions and compute, declared as :class:`NeuronScore` is below with its own
+``source`` (docs/INTERFACES.md, "Extension points"). Column names come from :data:`pipeline.contracts.NEURON_SCORE_NAMES` (per neuron) and
 :data:`schemas.columns.SUMMARY_COLUMNS` (per model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import datajoint as dj
 import numpy as np
@@ -30,9 +21,9 @@ from pipeline.scoring import score_model
 from . import job_events
 from ._schema import schema
 from .columns import NEURON_SCORE_NAMES, SUMMARY_COLUMNS, SUMMARY_TIERS
-from .data_info import DataInfo, neuron_units  # noqa: F401  (DataInfo: in the definitions)
+from .data_info import DataInfo  # noqa: F401  (in the definitions)
+from .model_neurons import ModelNeuronTable, attribute_lines, master_definition, unit_definition
 from .trained_model import TrainedModel
-from .training import primary_key
 
 __all__ = [
     "NEURON_SCORE_UNIT_DEFINITION",
@@ -50,33 +41,19 @@ _SUMMARY_COMMENTS = {
 _SCORE_COMMENTS = {"correlation_to_average": "NULL in tiers without repeated images"}
 
 
-def _columns(names, comments: Mapping[str, str], indent: str) -> str:
-    lines = []
-    for name in names:
-        comment = comments.get(name)
-        lines.append(f"{indent}{name}=null: float64" + (f"   # {comment}" if comment else ""))
-    return "\n".join(lines)
-
-
 def neuron_score_definition(source: str) -> str:
     """The definition of the score table of the training table named ``source``."""
-    return f"""
-    # scores of a trained model: summary here, one row per neuron and tier in part Unit
-    -> {source}
-    -> DataInfo
-    ---
-{_columns(SUMMARY_COLUMNS, _SUMMARY_COMMENTS, "    ")}
-    """
+    return master_definition(
+        "scores of a trained model: summary here, one row per neuron and tier in part Unit",
+        source,
+        attribute_lines(SUMMARY_COLUMNS, _SUMMARY_COMMENTS),
+    )
 
 
 #: the definition of every score table's ``Unit`` part
-NEURON_SCORE_UNIT_DEFINITION = f"""
-        -> master
-        -> DataInfo.Neuron
-        tier: varchar(16)
-        ---
-{_columns(NEURON_SCORE_NAMES, _SCORE_COMMENTS, "        ")}
-        """
+NEURON_SCORE_UNIT_DEFINITION = unit_definition(
+    attribute_lines(NEURON_SCORE_NAMES, _SCORE_COMMENTS, indent="        "), key="tier: varchar(16)"
+)
 
 
 def score_rows(
@@ -127,34 +104,22 @@ def score_rows(
     return summary, rows
 
 
-class NeuronScoreTable:
-    """Base of a score table (mix in before ``dj.Computed``): scores ``source``'s models on every tier.
-
-    Class attribute:
-        source: the training table (a :class:`schemas.training.TrainingTable`) whose models it scores.
-    """
-
-    source: ClassVar[type]
-
-    def make_fetch(self, key):
-        """Neuron ids of the dataset (the model is loaded in make_compute)."""
-        return (neuron_units(key),)
+class NeuronScoreTable(ModelNeuronTable):
+    """Base of a score table (mix in before ``dj.Computed``): scores ``source``'s models on every tier."""
 
     @job_events.compute_step
     def make_compute(self, key, units):
         """Rebuild the model with its loaders and score it on every tier."""
         device = resolve_device("auto")
         dataloaders, model = self.source.load_model(
-            primary_key(self.source(), key), device=device, include_dataloaders=True
+            self.source_key(key), device=device, include_dataloaders=True
         )
         return score_rows(score_model(model, dataloaders, device=device), units)
 
     @job_events.insert_step
     def make_insert(self, key, summary, rows):
         """Master and parts in one transaction."""
-        key = primary_key(self, key)
-        self.insert1({**key, **summary})
-        self.Unit.insert([{**key, **row} for row in rows])
+        self.insert_master_and_units(key, summary, rows)
 
 
 @schema

@@ -5,11 +5,8 @@ callback) writes one progress row per epoch and every ``SYSID_CHECKPOINT_EVERY``
 1) replaces the key's checkpoint row. These tables are keyed like the training table but reference
 its parents, not the table itself: its row does not exist until training has finished.
 
-A training table keyed by other parents gets its own pair, declared from the same definitions::
-
-    @schema
-    class TransferProgress(dj.Manual):
-        definition = progress_definition(TRANSFER_KEY_DEFINITION)
+A training table keyed by other parents gets its own pair, declared like the two below from
+:func:`progress_definition` and :func:`checkpoint_definition` with its key.
 """
 
 from __future__ import annotations

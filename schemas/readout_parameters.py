@@ -2,21 +2,14 @@
 
 Column names are the readouts' own (:data:`pipeline.models.readouts.base.NEURON_PARAMETER_KEYS`,
 what ``readout.neuron_parameters()`` returns): one float column per scalar parameter, the feature
-vector as a blob. Written for any training table (``source``), like :mod:`schemas.neuron_scores`::
-
-    @schema
-    class TransferredReadoutParameters(ReadoutParametersTable, dj.Computed):
-        source = TransferredModel
-        definition = readout_parameters_definition("TransferredModel")
-
-        class Unit(dj.Part):
-            definition = READOUT_UNIT_DEFINITION
+vector as a blob. Written for any training table (``source``), like :mod:`schemas.neuron_scores`:
+a second one is declared as :class:`ReadoutParameters` is below, with its own ``source``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import datajoint as dj
 import numpy as np
@@ -26,9 +19,9 @@ from pipeline.contracts import finite_or_none
 from . import job_events
 from ._schema import schema
 from .columns import FEATURE_VECTOR, SCALAR_PARAMETERS
-from .data_info import DataInfo, neuron_units  # noqa: F401  (DataInfo: in the definitions)
+from .data_info import DataInfo  # noqa: F401  (in the definitions)
+from .model_neurons import ModelNeuronTable, attribute_lines, master_definition, unit_definition
 from .trained_model import TrainedModel
-from .training import primary_key
 
 __all__ = [
     "READOUT_UNIT_DEFINITION",
@@ -39,36 +32,29 @@ __all__ = [
 ]
 
 _COMMENTS = {
+    "readout_type": "readout class name",
     "mu_x": "position in grid units [-1, 1], x along width",
     FEATURE_VECTOR: "(C,) float32 feature vector",
 }
 
 
-def _column(name: str) -> str:
-    declaration = f"{name}: <blob>" if name == FEATURE_VECTOR else f"{name}=null: float64"
-    comment = _COMMENTS.get(name)
-    return f"        {declaration}" + (f"   # {comment}" if comment else "")
-
-
 def readout_parameters_definition(source: str) -> str:
     """The definition of the readout-parameter table of the training table named ``source``."""
-    return f"""
-    # per-neuron readout parameters of a trained model (receptive-field position, spread, features)
-    -> {source}
-    -> DataInfo
-    ---
-    n_neurons: int32
-    """
+    return master_definition(
+        "per-neuron readout parameters of a trained model (receptive-field position, spread, features)",
+        source,
+        attribute_lines([("n_neurons", "int32")]),
+    )
 
 
 #: the definition of every readout-parameter table's ``Unit`` part
-READOUT_UNIT_DEFINITION = f"""
-        -> master
-        -> DataInfo.Neuron
-        ---
-        readout_type: varchar(64)    # readout class name
-{chr(10).join(_column(name) for name in (*SCALAR_PARAMETERS, FEATURE_VECTOR))}
-        """
+READOUT_UNIT_DEFINITION = unit_definition(
+    attribute_lines(
+        [("readout_type", "varchar(64)"), *SCALAR_PARAMETERS, (FEATURE_VECTOR, "<blob>")],
+        _COMMENTS,
+        indent="        ",
+    )
+)
 
 
 def readout_rows(model, units: Mapping[str, list[int]]) -> list[dict[str, Any]]:
@@ -104,30 +90,18 @@ def readout_rows(model, units: Mapping[str, list[int]]) -> list[dict[str, Any]]:
     return rows
 
 
-class ReadoutParametersTable:
-    """Base of a readout-parameter table (mix in before ``dj.Computed``) for ``source``'s models.
-
-    Class attribute:
-        source: the training table (a :class:`schemas.training.TrainingTable`) whose models it reads.
-    """
-
-    source: ClassVar[type]
-
-    def make_fetch(self, key):
-        """Neuron ids of the dataset (the model is rebuilt from DataInfo in make_compute)."""
-        return (neuron_units(key),)
+class ReadoutParametersTable(ModelNeuronTable):
+    """Base of a readout-parameter table (mix in before ``dj.Computed``) for ``source``'s models."""
 
     @job_events.compute_step
     def make_compute(self, key, units):
         """Rebuild the model (no data needed) and read each session's readout parameters."""
-        return (readout_rows(self.source.load_model(primary_key(self.source(), key)), units),)
+        return (readout_rows(self.source.load_model(self.source_key(key)), units),)
 
     @job_events.insert_step
     def make_insert(self, key, rows):
         """Master and parts in one transaction."""
-        key = primary_key(self, key)
-        self.insert1({**key, "n_neurons": len(rows)})
-        self.Unit.insert([{**key, **row} for row in rows])
+        self.insert_master_and_units(key, {"n_neurons": len(rows)}, rows)
 
 
 @schema

@@ -13,19 +13,9 @@ gives it, once for every such table:
 * ``load_model`` / ``fetch_state`` (:mod:`schemas.model_loading`) and a ``delete`` that also
   removes progress rows and checkpoints.
 
-A concrete table sets the class attributes and the hooks (see ``docs/INTERFACES.md``)::
-
-    @schema
-    class TrainedModel(TrainingTable, dj.Computed):
-        definition = trained_model_definition("a model trained ...", TRAINED_MODEL_KEY_DEFINITION)
-        progress_table = TrainingProgress
-        checkpoint_table = Checkpoint
-
-        class StoredState(dj.Part):
-            definition = STORED_STATE_DEFINITION
-
-        def job_spec(self, key) -> TrainingJob: ...        # what to train (configs), from the key
-        def initial_model(self, job, dataloaders): ...     # optional: the model before training
+A concrete table (:class:`schemas.trained_model.TrainedModel` is the example) sets the class
+attributes and the hooks: ``job_spec(key)`` (what to train) and optionally
+``initial_model(job, dataloaders)`` (see ``docs/INTERFACES.md``, "Extension points").
 
 Part classes cannot be inherited (DataJoint binds a part to one master): each table declares
 its own ``StoredState`` from :data:`STORED_STATE_DEFINITION`.
