@@ -60,7 +60,10 @@ class ModelNeuronTable:
     """Base of a per-neuron table of ``source``'s models (mix in before ``dj.Computed``).
 
     Class attribute:
-        source: the training table (a :class:`schemas.training.TrainingTable`) whose models it describes.
+        source: the table whose models it describes: a :class:`schemas.training.TrainingTable`, or
+            any table (an ensemble) whose key holds ``dataset_fn``/``dataset_hash`` and which has
+            ``load_model(key, device=..., include_dataloaders=...)`` returning the model, or
+            ``(dataloaders, model)`` with ``include_dataloaders=True``.
     """
 
     source: ClassVar[type]

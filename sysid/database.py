@@ -6,6 +6,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.settings import current_settings
+
 __all__ = ["activate", "export_lines", "quiet_datajoint", "uses_embedded"]
 
 
@@ -33,8 +35,6 @@ def quiet_datajoint() -> None:
 
 def uses_embedded() -> bool:
     """True when no ``DJ_HOST`` is configured, i.e. the embedded PostgreSQL server is used."""
-    from schemas.settings import current_settings
-
     return current_settings().uses_embedded
 
 
@@ -52,7 +52,6 @@ def activate(prefix: str | None = None):
     """
     quiet_datajoint()
     import schemas
-    from schemas.settings import current_settings
 
     try:
         schemas.activate(prefix)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from schemas.job_events import describe_key
 from schemas.trained_model import TRAINED_MODEL_KEY
 
 __all__ = ["ReportData", "fetch_report_data", "parse_key_argument", "report_neurons", "select_model"]
@@ -127,8 +128,6 @@ def fetch_report_data(schemas: Any, spec: Mapping[str, Any] | None = None) -> Re
         schemas: the activated ``schemas`` package.
         spec: which model (see :func:`parse_key_argument`); None: the best score.
     """
-    from schemas.job_events import describe_key
-
     models = _frame(schemas.TrainedModel.proj("score"))
     row = select_model(models, spec)
     key = {name: (int(row[name]) if name == "seed" else row[name]) for name in TRAINED_MODEL_KEY}
