@@ -35,7 +35,10 @@ __all__ = [
     "ProgressRecorder",
     "TrainingProgress",
     "checkpoint_definition",
+    "delete_present",
+    "latest_checkpoint",
     "progress_definition",
+    "replace_row",
 ]
 
 #: share of MySQL's max_allowed_packet a checkpoint may use (escaped bytes can grow on the wire)
@@ -140,10 +143,8 @@ class ProgressRecorder:
             **{name: finite_or_none(getattr(record, name)) for name in RECORD_COLUMNS},
             "host": self.host,
         }
-        progress = self.progress_table()
-        with self.connection.transaction:
-            (progress & {**self.key, "epoch": epoch}).delete_quick()  # a resumed run rewrites its epochs
-            progress.insert1(row)
+        # a resumed run rewrites its epochs
+        replace_row(self.progress_table, {**self.key, "epoch": epoch}, row, self.connection)
         stop = stop_requested()
         if stop or self.calls % self.every == 0:
             self.save_checkpoint(record)
@@ -172,11 +173,26 @@ class ProgressRecorder:
                 )
             self.checkpoint_too_large = True
             return
-        checkpoint = self.checkpoint_table()
         row = {**self.key, "epoch": int(record.epoch), "state": data, "nbytes": len(data), "host": self.host}
-        with self.connection.transaction:
-            (checkpoint & self.key).delete_quick()
-            checkpoint.insert1(row)
+        replace_row(self.checkpoint_table, self.key, row, self.connection)
+
+
+def delete_present(query) -> None:
+    """Delete the rows of ``query`` if there are any.
+
+    On MySQL/MariaDB a DELETE that matches no row still locks the gap where the row would be; two
+    workers that then insert into the same gap deadlock (error 1213). A plain read first avoids
+    the lock when there is nothing to delete.
+    """
+    if query:
+        query.delete_quick()
+
+
+def replace_row(table: type, key: Mapping[str, Any], row: Mapping[str, Any], connection) -> None:
+    """Write ``row`` as the one row of ``key`` in ``table`` (replacing an earlier one), in one transaction."""
+    with connection.transaction:
+        delete_present(table() & dict(key))
+        table().insert1(dict(row))
 
 
 def latest_checkpoint(checkpoint_table: type, key: Mapping[str, Any]) -> tuple[Any, int | None]:

@@ -35,7 +35,7 @@ from pipeline.contracts import finite_or_none
 
 from . import job_events, state_io
 from .model_loading import TrainingJob, rebuild_model, state_from_row
-from .progress import ProgressRecorder, latest_checkpoint
+from .progress import ProgressRecorder, delete_present, latest_checkpoint
 from .requeue import release_interrupted_jobs
 from .run_info import run_info
 from .settings import current_settings
@@ -225,7 +225,7 @@ class TrainingTable:
             self.StoredState.insert1(
                 {**key, "model_state": state_io.to_bytes(state_io.numpy_to_torch(state))}
             )
-        (self.checkpoint_table() & key).delete_quick()
+        delete_present(self.checkpoint_table() & key)  # inside DataJoint's transaction
 
     # ------------------------------------------------------------------------------------------
     # populate, delete, load

@@ -148,7 +148,17 @@ def test_two_worker_processes_train_every_key_once(empty_db, worker_env):
     _register({"epochs": 2, "sleep": 0.05}, seeds=(1, 2, 3, 4))
     workers = [start_worker(worker_env) for _ in range(2)]
     results = [_result(w) for w in workers]
-    assert sum(r["success_count"] for r in results) == 4
+    # a failed job's message and the project's frames of its traceback (e.g. a deadlock, error 1213)
+    failures = [
+        "\n".join(
+            [
+                r["error_message"],
+                *(line for line in (r["error_stack"] or "").splitlines() if "/schemas/" in line),
+            ]
+        )
+        for r in (TrainedModel().jobs & "status='error'").to_dicts()
+    ]
+    assert sum(r["success_count"] for r in results) == 4, "\n".join(failures)
     assert len(TrainedModel()) == 4
     assert len(TrainingProgress()) == 4 * 2  # every key trained once: 2 epochs each
 
@@ -321,3 +331,43 @@ def test_worker_logs_each_job_from_the_tables_make_steps(empty_db, sysid_env):
     (failed,) = matching(f"FAILED TrainedModel {describe_key(bad)} after ")
     assert " ERROR " in failed and failed.endswith("RuntimeError: toy trainer failed on purpose at epoch 2")
     assert not matching("Making {") and not matching("Success making")  # nothing of DataJoint's own
+
+
+def test_replacing_a_missing_progress_row_leaves_other_workers_free_to_insert(empty_db):
+    """On MySQL/MariaDB a DELETE that matches nothing locks the gap; a second worker's insert then waits
+    (and two of them deadlock, error 1213). ``delete_present`` reads first and takes no lock."""
+    if empty_db.backend != "mysql":
+        pytest.skip("gap locks are InnoDB's")
+    from schemas import TrainingProgress, _dj_compat, connection
+    from schemas.progress import delete_present
+
+    keys = [{**_register({"epochs": 1}, seeds=(1, 2)), "seed": s, "epoch": 1} for s in (1, 2)]
+    settings = connection.connection_settings_from_env(empty_db.backend_arg)
+    other = _dj_compat.open_connection(
+        settings["host"], settings["user"], settings["password"], settings["port"], settings["backend"]
+    )
+    other.query("SET SESSION innodb_lock_wait_timeout = 1")
+    names = list(keys[1])
+    insert = (
+        f"INSERT INTO {TrainingProgress.full_table_name} ({', '.join(f'`{n}`' for n in names)}) "
+        f"VALUES ({', '.join(['%s'] * len(names))})"
+    )
+
+    def other_worker_inserts() -> bool:
+        try:
+            other.query(insert, args=[keys[1][n] for n in names])
+        except Exception as error:  # the driver's lock-wait timeout (1205)
+            assert "1205" in str(error) or "Lock wait" in str(error), error
+            return False
+        return True
+
+    conn = empty_db.conn
+    try:
+        with conn.transaction:
+            (TrainingProgress() & keys[0]).delete_quick()  # a plain delete of nothing locks the gap
+            assert not other_worker_inserts()
+        with conn.transaction:
+            delete_present(TrainingProgress() & keys[0])  # nothing to delete: no lock
+            assert other_worker_inserts()
+    finally:
+        other.close()
