@@ -209,7 +209,13 @@ class StaticDataset:
             arrays = {}
             for field in fields:
                 names = _trial_files(source, field, n_trials)
-                arrays[field] = read_trials(source, names, field, as_images=field == "images")
+                arrays[field] = read_trials(
+                    source,
+                    names,
+                    field,
+                    as_images=field == "images",
+                    float_dtype=np.float64 if field in ("behavior", "pupil_center") else np.float32,
+                )
             arrays = self._consolidate(arrays)
         cached_fingerprint = arrays.pop("fingerprint", None)
         self._validate(arrays, n_trials, n_neurons)
