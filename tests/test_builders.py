@@ -93,9 +93,10 @@ def test_loaders_and_data_info_build_the_same_model(extra: dict) -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_data_info_fields_and_mean_activity_bias() -> None:
+def test_data_info_fields_and_zero_initial_bias() -> None:
     loaders = make_loaders()
-    info = data_info_from_loaders(loaders)
+    assert data_info_from_loaders(loaders)["11-1-1"]["mean_activity"] is None
+    info = data_info_from_loaders(loaders, mean_activity=True)
     assert list(info) == ["11-1-1", "22-2-2"]
     entry = info["11-1-1"]
     assert entry["n_neurons"] == 5 and entry["input_shape"] == [1, 20, 24] and entry["input_channels"] == 1
@@ -104,8 +105,9 @@ def test_data_info_fields_and_mean_activity_bias() -> None:
     np.testing.assert_allclose(
         entry["cortex_coordinates"], loaders["train"]["11-1-1"].dataset.neurons.cell_motor_coordinates
     )
+    # sensorium's builder passes no mean activity: biases start at 0 (same seed, same model)
     model = stacked_core_full_gauss_readout(loaders, seed=0, **TINY)
-    torch.testing.assert_close(model.readout["11-1-1"].bias, responses.mean(0))
+    assert torch.equal(model.readout["11-1-1"].bias, torch.zeros(5))
 
 
 def test_session_structure_channels_and_sensorium_readout_arguments() -> None:
