@@ -26,6 +26,7 @@ from pipeline import measures
 from pipeline.measures import _split_batch
 from pipeline.training.cyclers import LongCycler
 from pipeline.training.early_stopping import EarlyStopping, copy_state
+from pipeline.training.loss_scale import loss_scale_trials as _loss_scale_trials
 from pipeline.utils import resolve_device, set_seed
 
 __all__ = ["standard_trainer", "EpochRecord", "StopTraining", "TrainingDivergedError"]
@@ -205,6 +206,7 @@ def standard_trainer(
     resume_state: dict[str, Any] | None = None,
     avg_loss: bool = False,
     scale_loss: bool = True,
+    loss_scale_trials: str = "all",
     loss_function: str = "PoissonLoss",
     stop_function: str = "get_correlations",
     loss_accum_batch_n: int | None = None,
@@ -233,10 +235,9 @@ def standard_trainer(
 
     Every optimiser step sees one batch of every session (:class:`LongCycler`); an epoch is
     ``n_sessions × max(len(train loader))`` batches. A batch's loss is the Poisson loss (summed, or
-    averaged with ``avg_loss``) × sqrt(n_train / batch size) with ``scale_loss`` — n_train is
-    ``len(loader.dataset)`` of the session's train loader, i.e. the *train-tier* trials (the peer
-    library's dataset spans all tiers, so its factor is somewhat larger) — plus the core (unless
-    ``detach_core``), readout, shifter and modulator regularizers of that session.
+    averaged with ``avg_loss``) × sqrt(n_trials / batch size) with ``scale_loss`` — n_trials counts
+    every trial of the session, all tiers, as sensorium's (see ``loss_scale_trials``) — plus the core
+    (unless ``detach_core``), readout, shifter and modulator regularizers of that session.
     Every ``interval`` epochs the ``stop_function`` (mean validation correlation) is evaluated and fed
     to ``ReduceLROnPlateau(mode max|min, factor=lr_decay_factor, patience, threshold=tolerance, abs,
     min_lr)`` and to early stopping (see :mod:`pipeline.training.early_stopping`), which ends after
@@ -254,7 +255,10 @@ def standard_trainer(
         resume_state: an ``EpochRecord.training_state()`` dict to continue from; with the same model
             architecture, loaders, seed and config the result equals that of an uninterrupted run.
         avg_loss: average the Poisson loss over the batch instead of summing it.
-        scale_loss: multiply the loss by sqrt(n_train / batch size).
+        scale_loss: multiply the loss by sqrt(n_trials / batch size) (batch size: of this batch).
+        loss_scale_trials: what n_trials counts: "all" (default, as sensorium: the session's
+            trials in every tier) or "train" (the train loader's trials); see
+            :mod:`pipeline.training.loss_scale`.
         loss_function: "PoissonLoss" (the only one).
         stop_function: "get_correlations" (maximize=True) or "get_poisson_loss" (maximize=False).
         loss_accum_batch_n: batches per optimiser step; default = the number of sessions.
@@ -328,6 +332,9 @@ def standard_trainer(
     use_amp = amp == "bf16" and dev.type == "cuda"
     forward_model = torch.compile(model) if compile and dev.type == "cuda" else model
     train_loaders = dataloaders["train"]
+    scale_trials = {
+        key: _loss_scale_trials(loader, loss_scale_trials) for key, loader in train_loaders.items()
+    }
     validation = dataloaders["validation"]
     stop_measure = getattr(measures, stop_function)
 
@@ -422,7 +429,7 @@ def standard_trainer(
                     )
                 loss = _poisson_loss(output.float(), responses.to(dev), avg=avg_loss)
                 if scale_loss:
-                    loss = loss * math.sqrt(len(train_loaders[data_key].dataset) / images.shape[0])
+                    loss = loss * math.sqrt(scale_trials[data_key] / images.shape[0])
                 loss = loss + _regularizer(model, data_key, detach_core)
                 loss.backward()
                 if (batch_no + 1) % step_every == 0:
