@@ -178,3 +178,15 @@ def test_train_tier_loss_scale_option(datasets):
     assert runs["all"] / runs["train"] == pytest.approx(np.sqrt(n_all[0] / n_train[0]), rel=1e-5)
     with pytest.raises(ValueError, match="loss_scale_trials"):
         standard_trainer(model, loaders, seed=SEED, progress=False, loss_scale_trials="validation", **TRAINER)
+
+
+def test_loss_scale_trials_of_other_loaders():
+    """A DataLoader over a whole session with a subset sampler (sensorium's layout)."""
+    from torch.utils.data import SubsetRandomSampler, TensorDataset
+
+    loader = DataLoader(
+        TensorDataset(torch.zeros(10, 1)), sampler=SubsetRandomSampler(range(4)), batch_size=2
+    )
+    assert loss_scale_trials(loader, "all") == 10 and loss_scale_trials(loader, "train") == 4
+    plain = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=2)
+    assert loss_scale_trials(plain, "all") == loss_scale_trials(plain, "train") == 6
