@@ -101,15 +101,15 @@ def _install_nnfabrik_stubs() -> None:
     sys.modules["nnfabrik.utility"].nn_helpers = helpers
 
 
-def import_sensorium() -> types.ModuleType:
-    """Return the ``sensorium`` package, or skip the calling test when the peer is not available."""
+def load_sensorium() -> types.ModuleType:
+    """Return the ``sensorium`` package with the shims above; ImportError (with the reason) when absent.
+
+    For benchmarks; tests use :func:`import_sensorium`, which skips instead.
+    """
     peers = peers_dir()
     if peers is None:
-        pytest.skip("sensorium (shared/peers/sensorium) is not available")
-    try:
-        import_neuralpredictors()
-    except ImportError as error:
-        pytest.skip(f"neuralpredictors 0.3.0 (the dev extra) is not installed: {error}")
+        raise ImportError("sensorium (shared/peers/sensorium) is not available")
+    import_neuralpredictors()  # ImportError when neuralpredictors (the dev extra) is not installed
     _install_nnfabrik_stubs()
     root = str(peers / "sensorium")
     if root not in sys.path:
@@ -121,6 +121,14 @@ def import_sensorium() -> types.ModuleType:
     import sensorium.utility.scores
 
     return sensorium
+
+
+def import_sensorium() -> types.ModuleType:
+    """Return the ``sensorium`` package, or skip the calling test when the peer is not available."""
+    try:
+        return load_sensorium()
+    except ImportError as error:
+        pytest.skip(str(error))
 
 
 def require_skimage() -> None:
