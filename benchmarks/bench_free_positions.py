@@ -13,12 +13,13 @@ grid predictor), batch 64, 30 epochs:
 Both models are then scored by the same code on the same test trials: RF position recovery (the
 correlation of the learned readout positions, mapped to image grid units, with the true RF centres,
 x and y), the mean test correlation and seconds per epoch. Printed per seed and as mean ± standard
-deviation over seeds. ``--variant before`` reproduces our trainer as it was before the loss scale and
-bias initialisation followed sensorium (train-tier loss scale, biases initialised to the mean
-response), to show what changed.
+deviation over seeds. ``--variant before`` reproduces ours as it was before the loss scale and bias
+initialisation followed sensorium (train-tier loss scale, biases initialised to the mean response;
+``train-scale`` / ``mean-bias``: one of the two), to show what changed. ``--same-batches`` adds ours
+trained on sensorium's loaders: the same batches and samples as the peer run, seed by seed.
 
 Usage: ``python benchmarks/bench_free_positions.py [--seeds 1 2 3 4] [--epochs 30] [--threads 2]
-[--variant current|before] [--skip-peer]`` (run it under the shared lock: it trains 2 x seeds models).
+[--variant current|before|train-scale|mean-bias] [--skip-peer] [--same-batches]`` (run it under the shared lock: it trains 2 x seeds models).
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ def train_ours(path: str, seed: int, epochs: int, truth: dict, variant: str) -> 
     loaders = static_loaders([path], seed=seed, use_cache=False, **LOADER)
     model = stacked_core_full_gauss_readout(loaders, seed=seed, **MODEL)
     config = dict(TRAINER, max_iter=epochs, progress=False)
-    if variant == "before":  # the previous defaults: train-tier loss scale, biases at the mean response
+    if variant in ("before", "train-scale"):  # the previous loss scale: the train tier's trial count
         config["loss_scale_trials"] = "train"
+    if variant in ("before", "mean-bias"):  # the previous initial biases: each neuron's mean response
         (key,) = loaders["train"]
         mean = data_info_from_loaders(loaders, mean_activity=True)[key]["mean_activity"]
         with torch.no_grad():
@@ -189,7 +191,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variant", choices=["current", "before"], default="current")
+    parser.add_argument(
+        "--variant",
+        choices=["current", "before", "train-scale", "mean-bias"],
+        default="current",
+        help="ours as now, or with the previous defaults: both, only the train-tier loss scale, only mean-response biases",
+    )
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument(
         "--same-batches",
