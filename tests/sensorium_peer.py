@@ -14,7 +14,8 @@ on Python 3.11 / torch 2.13 as published, so this module, in the test process on
   to ``ReduceLROnPlateau`` (removed from torch), only while the peer's trainer runs.
 
 The peer writes ``config.json`` into every dataset folder it opens: :func:`peer_copy` copies a
-dataset to a temporary folder first. Our own code never imports any of this.
+dataset to a temporary folder first (:func:`peer_shadow` links a large one's folders instead). Our
+own code never imports any of this.
 """
 
 from __future__ import annotations
@@ -146,6 +147,21 @@ def peer_copy(dataset: Path, destination: Path) -> str:
     target = destination / Path(dataset).name
     if not target.exists():
         shutil.copytree(dataset, target)
+    return str(target)
+
+
+def peer_shadow(dataset: Path, destination: Path) -> str:
+    """A folder in ``destination`` whose entries link to a large dataset's, with its own config.json.
+
+    For datasets too large to copy (the real data): the peer then writes nothing into the original.
+    """
+    target = destination / Path(dataset).name
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in Path(dataset).iterdir():
+        if entry.name == "config.json":
+            shutil.copy(entry, target / entry.name)
+        elif not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
     return str(target)
 
 

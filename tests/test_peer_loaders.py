@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from pipeline.data import make_synthetic_dataset, static_loaders
-from tests.sensorium_peer import import_sensorium, peer_copy, require_skimage
+from tests.sensorium_peer import import_sensorium, peer_copy, peer_shadow, require_skimage
 
 # name -> (session stored in the metadata, areas, layers); the key sensorium derives is in KEYS
 SESSIONS = {
@@ -206,3 +206,24 @@ def test_neuron_n_with_areas_draws_among_the_selected_neurons(sensorium, dataset
         expected_ours = np.random.RandomState(4 * 3).choice(unit_ids[area == "LM"], size=3, replace=False)
         np.testing.assert_array_equal(_peer_neuron_ids(peer["test"][key]), expected_peer)
         np.testing.assert_array_equal(ours["test"][key].dataset.neurons.unit_ids, expected_ours)
+
+
+@pytest.mark.realdata
+def test_real_lurz_session(sensorium, real_data_path, tmp_path):
+    """The real Lurz et al. 2021 subset: real images, statistics, behaviour, eye position and neurons."""
+    require_skimage()
+    options = dict(
+        batch_size=128,
+        tier="validation",
+        include_behavior=True,
+        include_eye_position=True,
+        add_eye_pos_as_channels=True,
+        scale=0.25,
+        neuron_n=100,
+        neuron_base_seed=1,
+        cuda=False,
+    )
+    ours = static_loaders([str(real_data_path)], use_cache=False, **options)
+    peer = sensorium.datasets.static_loaders([peer_shadow(real_data_path, tmp_path)], **options)
+    compare(ours, peer)
+    assert list(ours["validation"]) == ["20457-5-9-0"]
