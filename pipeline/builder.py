@@ -305,20 +305,23 @@ def get_model(
     model_config: Mapping[str, Any] | None,
     dataloaders: Mapping | None = None,
     seed: int | None = None,
-    data_info: Mapping | None = None,
     state_dict: Mapping[str, Any] | None = None,
     strict: bool = True,
+    data_info: Mapping | None = None,
 ):
-    """Build a model: ``model_fn(dataloaders=..., seed=..., [data_info=...], **model_config)``.
+    """Build a model: ``model_fn(dataloaders, seed=..., [data_info=...], **model_config)``.
+
+    nnfabrik's ``get_model``, with its argument order (``dataloaders`` is passed positionally, as
+    nnfabrik does, so builders may name that argument as they like).
 
     Args:
         model_fn: dotted path or callable of a builder ``(dataloaders, seed, **config) -> nn.Module``.
         model_config: the builder's keyword arguments.
         dataloaders: ``{tier: {data_key: loader}}``; may be None when ``data_info`` is given.
         seed: the random seed (passed as a plain int).
-        data_info: per-session shapes (``data_info_from_loaders``) to build without loaders.
         state_dict: parameters to load (torch tensors or numpy arrays).
         strict: passed to ``load_state_dict``.
+        data_info: per-session shapes (``data_info_from_loaders``) to build without loaders.
 
     Raises:
         ValueError: neither loaders nor data_info, or the builder cannot take data_info.
@@ -331,14 +334,14 @@ def get_model(
         if not _accepts(function, "data_info"):
             raise ValueError(f"model function {model_fn!r} does not accept data_info; pass dataloaders")
         kwargs["data_info"] = data_info
-    model = function(dataloaders=dataloaders, seed=_plain_seed(seed), **kwargs)
+    model = function(dataloaders, seed=_plain_seed(seed), **kwargs)
     if state_dict is not None:
         model.load_state_dict(_as_torch_state(state_dict), strict=strict)
     return model
 
 
-def get_trainer(trainer_fn: str | Callable, trainer_config: Mapping[str, Any] | None) -> Callable:
-    """Return ``trainer_fn`` with its config bound (``functools.partial``).
+def get_trainer(trainer_fn: str | Callable, trainer_config: Mapping[str, Any] | None = None) -> Callable:
+    """Return ``trainer_fn`` with its config bound (``functools.partial``; nnfabrik's ``get_trainer``).
 
     The result is called as ``trainer(model, dataloaders, seed, uid=..., cb=...)`` and returns
     ``(score, output, state_dict)``.

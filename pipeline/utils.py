@@ -1,7 +1,8 @@
 """Small helpers shared by the model and training code: seeding, loader and module shapes.
 
-``batch_as_dict`` and ``resolve_device`` are re-exported from :mod:`pipeline.contracts`, where they
-are defined.
+nnfabrik's ``nnfabrik.utility.nn_helpers`` names are here too, so notebooks that import them need
+only the import line changed: ``set_random_seed``, ``get_io_dims``, ``get_dims_for_loader_dict``.
+``batch_as_dict`` and ``resolve_device`` are re-exported from :mod:`pipeline.contracts`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "get_io_dims",
     "get_module_output",
     "resolve_device",
+    "set_random_seed",
     "set_seed",
 ]
 
@@ -53,6 +55,11 @@ def set_seed(seed: int, deterministic: bool = True) -> int:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     return seed
+
+
+def set_random_seed(seed: int, deterministic: bool = True) -> int:
+    """nnfabrik's name for :func:`set_seed` (``nnfabrik.utility.nn_helpers.set_random_seed``)."""
+    return set_seed(seed, deterministic=deterministic)
 
 
 def get_io_dims(loader: Any) -> dict[str, tuple[int, ...]]:

@@ -93,9 +93,10 @@ def test_loaders_and_data_info_build_the_same_model(extra: dict) -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
-def test_data_info_fields_and_mean_activity_bias() -> None:
+def test_data_info_fields_and_zero_initial_bias() -> None:
     loaders = make_loaders()
-    info = data_info_from_loaders(loaders)
+    assert data_info_from_loaders(loaders)["11-1-1"]["mean_activity"] is None
+    info = data_info_from_loaders(loaders, mean_activity=True)
     assert list(info) == ["11-1-1", "22-2-2"]
     entry = info["11-1-1"]
     assert entry["n_neurons"] == 5 and entry["input_shape"] == [1, 20, 24] and entry["input_channels"] == 1
@@ -104,8 +105,9 @@ def test_data_info_fields_and_mean_activity_bias() -> None:
     np.testing.assert_allclose(
         entry["cortex_coordinates"], loaders["train"]["11-1-1"].dataset.neurons.cell_motor_coordinates
     )
+    # sensorium's builder passes no mean activity: biases start at 0 (same seed, same model)
     model = stacked_core_full_gauss_readout(loaders, seed=0, **TINY)
-    torch.testing.assert_close(model.readout["11-1-1"].bias, responses.mean(0))
+    assert torch.equal(model.readout["11-1-1"].bias, torch.zeros(5))
 
 
 def test_session_structure_channels_and_sensorium_readout_arguments() -> None:
@@ -285,3 +287,32 @@ def test_factorized_builder_from_loaders_and_data_info() -> None:
     assert out.shape == (3, 5) and (out > 0).all()
     reg = a.regularizer(data_key="11-1-1")
     assert reg.dim() == 0 and reg > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "channels"),
+    [
+        ({}, 1),
+        ({"include_eye_position": True}, 1),  # the readout tutorial: the eye position feeds a shifter only
+        ({"include_behavior": True, "include_eye_position": True}, 4),  # Sensorium+
+        ({"include_behavior": True, "add_behavior_as_channels": False}, 1),
+        ({"include_behavior": True, "include_eye_position": True, "add_eye_pos_as_channels": True}, 6),
+        ({"include_eye_position": True, "add_eye_pos_as_channels": True}, 3),
+    ],
+    ids=str,
+)
+def test_input_channels_follow_sensoriums_channel_rule(tmp_path, options, channels) -> None:
+    """Behaviour: +3 channels with include_behavior and add_behavior_as_channels; eye position: +2 only
+    with add_eye_pos_as_channels — read by data_info_from_loaders and the builders from the loaders."""
+    from pipeline.data import make_synthetic_dataset, static_loaders
+
+    path = make_synthetic_dataset(
+        tmp_path / "static77-1-1-x", n_neurons=4, n_train=8, n_validation=2, n_test_images=1, n_repeats=2,
+        image_shape=(14, 16),
+    )  # fmt: skip
+    loaders = static_loaders([str(path)], batch_size=4, seed=0, **options)
+    assert data_info_from_loaders(loaders)["77-1-1"]["input_channels"] == channels
+    model = stacked_core_full_gauss_readout(
+        loaders, seed=0, hidden_channels=4, input_kern=3, hidden_kern=3, layers=1
+    )
+    assert model.core.features.layer0.conv.in_channels == channels

@@ -84,7 +84,7 @@ def test_non_integer_images_stay_float(small_dataset, trial):
 
 
 def test_data_key_parsing(tmp_path):
-    assert get_data_key("/x/static20457-5-9-preproc0") == "20457-5-9"
+    assert get_data_key("/x/static20457-5-9-preproc0") == "20457-5-9-0"
     assert (
         get_data_key("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip") == "21067-10-18"
     )
@@ -197,7 +197,7 @@ def test_loading_never_writes_into_the_dataset(small_dataset, tmp_path):
 def test_real_data(real_data_path):
     before = tree_digest(real_data_path / "meta")
     ds = StaticDataset(real_data_path)  # the test session's cache folder: later tests reuse the entry
-    assert ds.data_key == "20457-5-9"
+    assert ds.data_key == "20457-5-9-0"
     assert len(ds) == 4994 and ds.n_neurons == 1000
     assert ds.images.shape == (4994, 1, 36, 64) and ds.images.dtype == torch.uint8
     tiers = ds.trial_info.tiers

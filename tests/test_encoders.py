@@ -86,10 +86,11 @@ def test_whole_batches_can_be_passed_and_unknown_keywords_are_ignored() -> None:
     torch.testing.assert_close(got, expected)
 
 
-def test_shifter_starts_at_zero_shift_and_then_changes_the_output() -> None:
+def test_initialized_shifter_gives_zero_shift_and_then_changes_the_output() -> None:
     model = make_model(shifter=True).eval()
     plain = make_model(shifter=False).eval()
     x, pupil = images(), torch.randn(3, 2)
+    model.shifter.initialize()
     # the zero-initialised last layer gives shift 0: identical to the model without a shifter
     torch.testing.assert_close(model(x, data_key=KEYS[0], pupil_center=pupil), plain(x, data_key=KEYS[0]))
     with torch.no_grad():
@@ -189,6 +190,8 @@ def test_mlp_shifter_layout_and_errors() -> None:
         "a.mlp.4.weight",
         "a.mlp.4.bias",
     ]
+    assert shifter["a"](torch.randn(4, 2)).abs().sum() > 0  # PyTorch's default init, as the peer
+    shifter.initialize()
     assert torch.equal(shifter["a"](torch.randn(4, 2)), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="expects 2 input features but got 3"):
         shifter["a"](torch.randn(4, 2), trial_idx=torch.arange(4))

@@ -58,7 +58,12 @@ def test_batches_fields_shapes_and_normalisation(small_path, monkeypatch, per_ba
     if per_batch:  # the path large or GPU tiers take: uint8 in memory, normalised per batch
         monkeypatch.setattr(loaders_module, "PRENORMALIZE_MAX_BYTES", 0)
     loaders = static_loaders(
-        [str(small_path)], batch_size=8, seed=0, include_behavior=True, include_eye_position=True
+        [str(small_path)],
+        batch_size=8,
+        seed=0,
+        include_behavior=True,
+        include_eye_position=True,
+        add_eye_pos_as_channels=True,
     )
     loader = loaders["validation"][KEY]
     assert loader.dataset.images.dtype == (torch.uint8 if per_batch else torch.float32)
@@ -197,7 +202,8 @@ def test_image_selection(small_path):
 
 
 @pytest.mark.parametrize("per_batch", [False, True], ids=["normalised-once", "float-per-batch"])
-def test_scale_resizes_with_antialiasing(small_path, monkeypatch, per_batch):
+def test_scale_resizes_like_sensorium(small_path, monkeypatch, per_batch):
+    """Halving: sensorium's bilinear rescale on pixel centres averages each 2 x 2 block (no anti-aliasing)."""
     if per_batch:
         monkeypatch.setattr(loaders_module, "PRENORMALIZE_MAX_BYTES", 0)
     loaders = static_loaders(
@@ -208,7 +214,7 @@ def test_scale_resizes_with_antialiasing(small_path, monkeypatch, per_batch):
     assert batch.images.shape == (7, 4, 6, 8) and view.input_shape == (4, 6, 8)
     ds = StaticDataset(small_path)
     full = ds.images[view.trial_indices].float()
-    expected = F.interpolate(full, size=(6, 8), mode="bilinear", antialias=True, align_corners=False)
+    expected = F.avg_pool2d(full, 2)
     expected = (expected - float(ds.statistics["images"]["all"]["mean"])) / float(
         ds.statistics["images"]["all"]["std"]
     )
@@ -220,16 +226,26 @@ def test_scale_resizes_with_antialiasing(small_path, monkeypatch, per_batch):
         static_loaders([str(small_path)], batch_size=8, scale=0)
 
 
-def test_eye_position_without_channels(small_path):
+@pytest.mark.parametrize(("add_eye_pos_as_channels", "channels"), [(None, 1), (False, 1), (True, 3)], ids=str)
+def test_eye_position_channels_only_when_asked(small_path, add_eye_pos_as_channels, channels):
+    """sensorium's rule: include_eye_position alone gives the pupil_center field, no image channel."""
     loaders = static_loaders(
         [str(small_path)],
         batch_size=4,
         tier="validation",
         include_eye_position=True,
-        add_eye_pos_as_channels=False,
+        add_eye_pos_as_channels=add_eye_pos_as_channels,
     )
     batch = next(iter(loaders["validation"][KEY]))
-    assert batch._fields == ("images", "responses", "pupil_center") and batch.images.shape[1] == 1
+    assert batch._fields == ("images", "responses", "pupil_center")
+    assert batch.images.shape[1] == channels and loaders["validation"][KEY].dataset.input_shape[0] == channels
+    if channels == 3:
+        assert torch.equal(batch.images[:, 1:, 0, 0], batch.pupil_center)
+
+
+def test_eye_position_channels_need_the_eye_position(small_path):
+    with pytest.raises(ValueError, match="add_eye_pos_as_channels=True needs include_eye_position"):
+        static_loaders([str(small_path)], batch_size=4, add_eye_pos_as_channels=True)
 
 
 def test_by_image_groups_repeats(small_path):
@@ -310,11 +326,11 @@ def test_matches_the_peer_normalisation(small_path, tmp_path):
 def test_real_data_loaders(real_data_path):
     loaders = static_loaders([str(real_data_path)], batch_size=128, seed=0)
     assert list(loaders) == ["train", "validation"]
-    train, val = loaders["train"]["20457-5-9"], loaders["validation"]["20457-5-9"]
+    train, val = loaders["train"]["20457-5-9-0"], loaders["validation"]["20457-5-9-0"]
     assert len(train.dataset) == 4472 and len(val.dataset) == 522 and len(train) == 35
     batch = next(iter(train))
     assert batch.images.shape == (128, 1, 36, 64) and batch.responses.shape == (128, 1000)
     assert abs(float(batch.images.mean())) < 0.5 and 0.5 < float(batch.images.std()) < 1.5
     small = static_loaders([str(real_data_path)], batch_size=64, tier="validation", scale=0.25, neuron_n=50,
-                           neuron_base_seed=1)["validation"]["20457-5-9"]  # fmt: skip
+                           neuron_base_seed=1)["validation"]["20457-5-9-0"]  # fmt: skip
     assert next(iter(small)).images.shape == (64, 1, 9, 16) and small.dataset.n_neurons == 50

@@ -295,6 +295,25 @@ def test_static_affine_shifter_parity() -> None:
     assert float(ours.regularizer("s1")) == pytest.approx(float(peer.regularizer("s1")))
 
 
+@pytest.mark.parametrize("kind", ["MLP", "StaticAffine"])
+def test_new_shifters_have_the_peers_initial_weights(kind: str) -> None:
+    """Same seed, same initial shifter: the builders' initial state dicts then equal sensorium's."""
+    keys = ["s1", "s2"]
+    if kind == "MLP":
+        make_peer = lambda: peer_shifters.MLPShifter(keys, 2, 5, 3)  # noqa: E731
+        make_ours = lambda: shifters.MLPShifter(keys, 2, 5, 3)  # noqa: E731
+    else:
+        make_peer = lambda: peer_shifters.StaticAffine2dShifter(keys, 2, 2, bias=True)  # noqa: E731
+        make_ours = lambda: shifters.StaticAffine2dShifter(keys, 2, 2, bias=True)  # noqa: E731
+    torch.manual_seed(11)
+    peer = make_peer().state_dict()
+    torch.manual_seed(11)
+    ours = make_ours().state_dict()
+    assert list(peer) == list(ours)
+    for name in peer:
+        assert torch.equal(peer[name], ours[name]), name
+
+
 # ------------------------------------------------------------------------------------- encoder
 def test_sota_encoder_parity() -> None:
     from pipeline.models.builders import stacked_core_full_gauss_readout

@@ -4,7 +4,7 @@ Typical use::
 
     from pipeline.data import static_loaders
     loaders = static_loaders(["path/to/static20457-5-9-preproc0"], batch_size=128, seed=0)
-    for images, responses in loaders["train"]["20457-5-9"]:
+    for images, responses in loaders["train"]["20457-5-9-0"]:
         ...
 """
 

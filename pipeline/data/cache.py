@@ -22,7 +22,7 @@ import numpy as np
 __all__ = ["CACHE_FORMAT", "default_cache_dir", "load_entry", "save_entry", "entry_path", "clear_cache"]
 
 #: Bump when the layout of an entry changes, so old entries are ignored.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

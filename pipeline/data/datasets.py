@@ -57,27 +57,43 @@ class ArrayNamespace(SimpleNamespace):
 
 
 def get_data_key(path: str | os.PathLike, neurons: ArrayNamespace | None = None) -> str:
-    """The session key of a dataset, e.g. ``"20457-5-9"``.
+    """The session key of a dataset, derived as sensorium's ``static_loader`` derives it.
 
-    Parsed from the folder or zip name (``static20457-5-9-preproc0`` -> ``20457-5-9``,
-    ``static21067-10-18-GrayImageNet-94c6...zip`` -> ``21067-10-18``). When the name does not follow
-    that pattern, it is built from the first neuron's ``animal_ids``, ``sessions`` and ``scan_idx``.
+    From the folder or zip name, the part after its last ``static``:
+
+    * names with ``preproc``: up to the first ".", with "preproc" and "_nobehavior" removed
+      (``static20457-5-9-preproc0`` -> ``20457-5-9-0``, the key of the Lurz et al. 2021 models);
+    * names with ``-GrayImageNet`` / ``-ColorImageNet``: the part before it
+      (``static21067-10-18-GrayImageNet-94c6...zip`` -> ``21067-10-18``);
+    * otherwise: the first neuron's ``animal_ids``-``sessions``-``scan_idx``
+      (``static90001-1-1-synthetic`` -> ``90001-1-1`` when the metadata says so), and without that
+      metadata the ``<animal>-<session>-<scan>`` that follows ``static`` in the name.
+
+    sensorium applies these tests to the whole path string; here only the dataset's own name is
+    read, so folders above it cannot change the key.
 
     Args:
         path: the dataset folder or zip.
-        neurons: the dataset's neuron metadata, used for the fallback.
+        neurons: the dataset's neuron metadata, used when the name has neither pattern.
 
     Raises:
-        ValueError: the name has no session key and no neuron metadata was given to build one.
+        ValueError: no rule gives a key (no pattern in the name and no neuron metadata).
     """
-    match = _SESSION_RE.search(Path(path).name)
-    if match:
-        return match.group(1)
+    name = Path(path).name
+    after = name.split("static")[-1]
+    if "preproc" in name:
+        return after.split(".")[0].replace("preproc", "").replace("_nobehavior", "")
+    for marker in ("-ColorImageNet", "-GrayImageNet"):
+        if marker in name:
+            return after.split(marker)[0]
     if neurons is not None and all(k in neurons for k in ("animal_ids", "sessions", "scan_idx")):
         if len(neurons.animal_ids):
             return f"{int(neurons.animal_ids[0])}-{int(neurons.sessions[0])}-{int(neurons.scan_idx[0])}"
+    match = _SESSION_RE.search(name)
+    if match:
+        return match.group(1)
     raise ValueError(
-        f"cannot derive a session key from {Path(path).name!r}: expected a name like "
+        f"cannot derive a session key from {name!r}: expected a name like "
         f"'static<animal>-<session>-<scan>-...' or neuron metadata animal_ids/sessions/scan_idx"
     )
 
@@ -122,13 +138,13 @@ class StaticDataset:
     Attributes:
         images: uint8 tensor (n, C, H, W) when the files hold integers 0..255, float32 otherwise.
         responses: float32 tensor (n, N).
-        behavior: float32 tensor (n, 3) or None when the dataset has no ``data/behavior``.
-        pupil_center: float32 tensor (n, 2) or None.
+        behavior: float64 tensor (n, 3) or None when the dataset has no ``data/behavior``.
+        pupil_center: float64 tensor (n, 2) or None (loaders normalise both, then hand out float32).
         neurons: ``ArrayNamespace`` of per-neuron arrays (``unit_ids``, ``area``, ``layer``,
             ``animal_ids``, ``sessions``, ``scan_idx``, ``cell_motor_coordinates`` (N, 3), ...).
         trial_info: ``ArrayNamespace`` of per-trial arrays (``tiers``, ``frame_image_id``, ``trial_idx``, ...).
         statistics: ``statistics[field][all|stimulus_frame][mean|std|min|max|median]`` numpy arrays.
-        data_key: the session key, e.g. "20457-5-9".
+        data_key: the session key as sensorium derives it, e.g. "20457-5-9-0" (see :func:`get_data_key`).
         fingerprint: lowercase hex content hash of all arrays (identifies the data, e.g. in a database).
         n_neurons: N.
         path: the dataset location.
@@ -195,7 +211,13 @@ class StaticDataset:
             arrays = {}
             for field in fields:
                 names = _trial_files(source, field, n_trials)
-                arrays[field] = read_trials(source, names, field, as_images=field == "images")
+                arrays[field] = read_trials(
+                    source,
+                    names,
+                    field,
+                    as_images=field == "images",
+                    float_dtype=np.float64 if field in ("behavior", "pupil_center") else np.float32,
+                )
             arrays = self._consolidate(arrays)
         cached_fingerprint = arrays.pop("fingerprint", None)
         self._validate(arrays, n_trials, n_neurons)
@@ -262,9 +284,13 @@ class StaticDataset:
             else:
                 images = images.astype(np.float32, copy=False)
         out = {"images": np.ascontiguousarray(images)}
-        for field in ("responses", "behavior", "pupil_center"):
+        if "responses" in arrays:
+            out["responses"] = np.ascontiguousarray(arrays["responses"], dtype=np.float32)
+        # behaviour and eye position stay float64 (a few numbers per trial): an eye position of ~750 px
+        # in float32 keeps only ~6e-5 px, which z-scoring would turn into errors of ~1e-5 std
+        for field in ("behavior", "pupil_center"):
             if field in arrays:
-                out[field] = np.ascontiguousarray(arrays[field], dtype=np.float32)
+                out[field] = np.ascontiguousarray(arrays[field], dtype=np.float64)
         return out
 
     def _validate(self, arrays: dict[str, np.ndarray], n_trials: int, n_neurons: int) -> None:

@@ -241,13 +241,18 @@ def _is_byte_valued(arr: np.ndarray) -> bool:
 
 
 def read_trials(
-    source: FileTreeSource, names: list[str], field: str, as_images: bool, chunk: int = 1024
+    source: FileTreeSource,
+    names: list[str],
+    field: str,
+    as_images: bool,
+    chunk: int = 1024,
+    float_dtype: type = np.float32,
 ) -> np.ndarray:
     """Read per-trial .npy files into one contiguous array, a chunk of files at a time.
 
     Reading in chunks keeps peak memory near the size of the output (the raw bytes of only one chunk
     are held at once). Images are stored as uint8 as long as every value seen is an integer in
-    0..255 and switch to float32 otherwise; every other field becomes float32.
+    0..255 and switch to float32 otherwise; every other field becomes ``float_dtype``.
 
     Args:
         source: the dataset tree.
@@ -255,9 +260,10 @@ def read_trials(
         field: the field name, for error messages.
         as_images: apply the uint8-when-possible rule (for ``images``).
         chunk: files per chunk.
+        float_dtype: the dtype of non-image fields (float32; float64 keeps small fields exact).
 
     Returns:
-        Array (n, *item_shape), uint8 or float32.
+        Array (n, *item_shape), uint8, float32 or ``float_dtype``.
     """
     out = None
     item_shape = None
@@ -266,7 +272,7 @@ def read_trials(
         part = stack_npy_files(source.read_many(part_names), part_names, field)
         if out is None:
             item_shape = part.shape[1:]
-            dtype = np.uint8 if as_images and _is_byte_valued(part) else np.float32
+            dtype = (np.uint8 if _is_byte_valued(part) else np.float32) if as_images else float_dtype
             out = np.empty((len(names), *item_shape), dtype=dtype)
         elif part.shape[1:] != item_shape:
             raise ValueError(

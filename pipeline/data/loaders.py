@@ -10,9 +10,15 @@ images ``(x - mean) / std`` with the dataset's scalar statistics; responses ``x 
 with std floored at 1% of the mean std (never centred); behaviour ``x / std``; pupil centre
 ``(x - mean) / std``. ``exclude`` names fields left raw.
 
-``scale`` resizes the whole image tensor once with ``torch.nn.functional.interpolate`` (bilinear,
-anti-aliased, output size ``round(H * scale) x round(W * scale)``); the peer library instead
-rescales each image with scikit-image without anti-aliasing, so values differ slightly.
+``scale`` resizes the whole image tensor once, with the values sensorium's scikit-image
+rescaling gives (bilinear, no anti-aliasing, mirror boundaries, output size ``round(H * scale) x
+round(W * scale)``; see :mod:`pipeline.data.rescale`), so pretrained models see the images they
+were trained on.
+
+Behaviour and eye position as image channels follow sensorium's rule: 3 behaviour channels when
+``include_behavior`` and ``add_behavior_as_channels`` (default True); 2 eye-position channels only
+when ``add_eye_pos_as_channels`` is truthy (default None). ``include_eye_position=True`` alone adds
+the ``pupil_center`` batch field (for a shifter) and no channel.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from itertools import zip_longest
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.contracts import ordered_tiers, resolve_device
 
 from .datasets import ArrayNamespace, StaticDataset, get_data_key
+from .rescale import rescale_images
 
 __all__ = ["TensorLoader", "TierView", "static_loaders", "static_loader", "get_data_key", "batch_type"]
 
@@ -60,6 +66,8 @@ class TierView:
         statistics: the dataset statistics (per-neuron response statistics restricted to the selection).
         data_key, fingerprint, tier: session key, dataset content hash, tier name.
         fields: the batch fields, e.g. ("images", "responses", "behavior").
+        session_trials: trials of the whole session, every tier (what ``len(loader.dataset)`` counts
+            in sensorium, whose dataset is the session; the trainer's loss scale uses it).
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class TierView:
         data_key: str,
         fingerprint: str,
         tier: str,
+        session_trials: int | None = None,
     ):
         self.images = images
         self.responses = responses
@@ -98,6 +107,7 @@ class TierView:
         self.data_key = data_key
         self.fingerprint = fingerprint
         self.tier = tier
+        self.session_trials = len(responses) if session_trials is None else int(session_trials)
         self._batch_cls = batch_type(fields)
 
     def __len__(self) -> int:
@@ -378,15 +388,6 @@ def _subset_statistics(statistics: dict, neuron_idx: np.ndarray, n_neurons: int)
     return out
 
 
-def _rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    h, w = images.shape[-2:]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if size == (h, w):
-        return images
-    # Anti-aliasing matters when shrinking: plain bilinear would alias the fine texture of natural images.
-    return F.interpolate(images.float(), size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-
-
 def static_loader(
     path: str | os.PathLike,
     batch_size: int,
@@ -419,6 +420,7 @@ def static_loader(
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
     dataset: StaticDataset | None = None,
+    shuffle_seed: int | None = None,
 ):
     """Loaders for the tiers of one session (sensorium's ``static_loader``).
 
@@ -439,13 +441,20 @@ def static_loader(
         normalize: normalise the data (see the module docstring); ``exclude`` names fields left raw.
         include_behavior: add the ``behavior`` batch field (and 3 constant image channels when
             ``add_behavior_as_channels``).
-        include_eye_position: add the ``pupil_center`` batch field (and 2 constant image channels
-            when ``add_eye_pos_as_channels``, which defaults to True here).
+        add_behavior_as_channels: with ``include_behavior``, append the 3 behaviour values as constant
+            image channels (default True, as sensorium).
+        include_eye_position: add the ``pupil_center`` batch field (for a shifter); no image channel.
+        add_eye_pos_as_channels: append the 2 eye-position values as constant image channels (after
+            the behaviour channels); needs ``include_eye_position``. Default None = no channels, as
+            sensorium.
         file_tree: must be True (HDF5 datasets are not supported).
         inputs_mean, inputs_std: override the image statistics used for normalisation.
         scale: resize the images by this factor (e.g. 0.25: 144x256 -> 36x64).
         return_test_sampler: the test loader yields one batch per distinct image (all repeats).
-        seed: seed of the train loader's shuffling (and of neuron/image draws without a base seed).
+        seed: seeds the neuron/image draws that have no base seed, as sensorium's
+            ``np.random.seed(seed)`` does (``RandomState(seed)``), and the train loader's shuffling
+            unless ``shuffle_seed`` is given.
+        shuffle_seed: seed of the train loader's shuffling (default ``seed``).
         stats_source: which statistics to normalise with ("all" as sensorium, or "stimulus_frame").
         use_cache, cache_dir: the consolidated dataset cache (see ``pipeline.data.cache``).
         dataset: an already loaded ``StaticDataset`` for ``path`` (skips reading).
@@ -481,9 +490,9 @@ def static_loader(
         raise ValueError(
             f"session {ds.data_key}: include_eye_position=True but the dataset has no data/pupil_center"
         )
-    eye_channels = bool(include_eye_position) and (
-        add_eye_pos_as_channels is None or bool(add_eye_pos_as_channels)
-    )
+    if add_eye_pos_as_channels and not include_eye_position:
+        raise ValueError("add_eye_pos_as_channels=True needs include_eye_position=True")
+    eye_channels = bool(include_eye_position) and bool(add_eye_pos_as_channels)
     behavior_channels = bool(include_behavior) and bool(add_behavior_as_channels)
 
     neuron_idx = _select_neurons(
@@ -519,15 +528,16 @@ def static_loader(
             out = torch.index_select(out, 1, columns)
         return out.mul_(precision) if precision is not None else out
 
-    behavior = ds.behavior if include_behavior else None
+    # normalised in float64 (as sensorium, whose arrays are float64), handed out as float32
+    behavior = ds.behavior.double() if include_behavior else None
     if behavior is not None and do["behavior"]:
-        behavior = behavior / torch.as_tensor(stat("behavior", "std"), dtype=torch.float32)
-    pupil = ds.pupil_center if include_eye_position else None
+        behavior = behavior / torch.as_tensor(stat("behavior", "std"))
+    pupil = ds.pupil_center.double() if include_eye_position else None
     if pupil is not None and do["pupil_center"]:
         mean, std = stat("pupil_center", "mean"), stat("pupil_center", "std")
-        pupil = (pupil - torch.as_tensor(mean, dtype=torch.float32)) / torch.as_tensor(
-            std, dtype=torch.float32
-        )
+        pupil = (pupil - torch.as_tensor(mean)) / torch.as_tensor(std)
+    behavior = behavior.float() if behavior is not None else None
+    pupil = pupil.float() if pupil is not None else None
 
     fields = ("images", "responses") + ("behavior",) * bool(include_behavior)
     fields += ("pupil_center",) * bool(include_eye_position)
@@ -540,7 +550,7 @@ def static_loader(
         index = torch.as_tensor(trials, dtype=torch.long)
         images = torch.index_select(ds.images, 0, index)
         if scale is not None and scale != 1:
-            images = _rescale(images, float(scale))
+            images = rescale_images(images, float(scale))
         view_mean, view_std = image_mean, image_std
         if dev.type == "cpu" and images.numel() * 4 <= PRENORMALIZE_MAX_BYTES:
             # Small CPU tiers are normalised once: a batch is then a single gather instead of a gather,
@@ -566,12 +576,13 @@ def static_loader(
             data_key=ds.data_key,
             fingerprint=ds.fingerprint,
             tier=name,
+            session_trials=len(ds),
         )
         loaders[name] = TensorLoader(
             view,
             batch_size,
             shuffle=name == "train",
-            seed=seed,
+            seed=seed if shuffle_seed is None else shuffle_seed,
             per_image=return_test_sampler and name == "test",
         )
     return (ds.data_key, loaders) if get_key else loaders
@@ -630,7 +641,9 @@ def static_loaders(
         paths: dataset folders or zips, one per session (a single path is accepted too).
         batch_size: trials per batch.
         seed: seeds the train loaders' shuffling (each session gets its own stream derived from it)
-            and neuron/image draws without a base seed. The global RNGs are not touched.
+            and the neuron/image draws without a base seed (``RandomState(seed)`` for every session,
+            the state sensorium's ``set_random_seed(seed)`` leaves them). The global RNGs are not
+            touched.
         neuron_ids, image_ids: one list per path (a flat list is accepted with one path).
         Everything else: as in ``static_loader``.
 
@@ -655,7 +668,13 @@ def static_loaders(
             None if seed is None else int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
         )
         key, loaders = static_loader(
-            path, neuron_ids=n_ids, image_ids=i_ids, seed=session_seed, get_key=True, **options
+            path,
+            neuron_ids=n_ids,
+            image_ids=i_ids,
+            seed=seed,
+            shuffle_seed=session_seed,
+            get_key=True,
+            **options,
         )
         if any(key in by_key for by_key in out.values()):
             raise ValueError(

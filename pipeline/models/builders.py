@@ -1,10 +1,12 @@
 """Model builders (nnfabrik ``model_fn``s): config dict + data → a ready :class:`FiringRateEncoder`.
 
 ``stacked_core_full_gauss_readout`` keeps the argument names and defaults of sensorium's builder
-of the same name, so stored Sinz-lab configs work unchanged. Both builders take either the data
-loaders (sessions, neuron counts, image shape, cortex coordinates and mean responses are read from
-them) or ``data_info`` — the same facts as plain JSON-able Python from :func:`data_info_from_loaders`
-— so a stored model can be rebuilt and its checkpoint loaded without the data.
+of the same name, so stored Sinz-lab configs work unchanged, and with the same seed it gives the same
+initial weights (the random draws happen in the same order; readout biases start at 0, as there).
+Both builders take either the data loaders (sessions, neuron counts, image shape and cortex
+coordinates are read from them) or ``data_info`` — the same facts as plain JSON-able Python from
+:func:`data_info_from_loaders` — so a stored model can be rebuilt and its checkpoint loaded without
+the data.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _mean_activity(loader: Any) -> list[float]:
     return (total / count).tolist()
 
 
-def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool = True) -> dict[str, dict]:
+def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool = False) -> dict[str, dict]:
     """Per-session facts a builder needs, as plain JSON-able Python (no tensors, no numpy).
 
     Args:
@@ -108,8 +110,8 @@ def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool =
             first two fields, or a dict whose ``images``/``responses`` keys, are the images
             ``(B, C, H, W)`` and the responses ``(B, N)``; ``loader.dataset.neurons.cell_motor_coordinates``
             ``(N, 3)`` is read when present.
-        mean_activity: whether to compute each neuron's mean response over one pass of the loader
-            (used to initialise the readout biases).
+        mean_activity: also compute each neuron's mean response over one pass of the loader (for
+            inspection; the builders start readout biases at 0, as sensorium's does).
 
     Returns:
         ``{data_key: {"n_neurons": N, "input_shape": [C, H, W], "input_channels": C,
@@ -283,20 +285,17 @@ def _build_core(
     return core, in_shapes
 
 
-def _mean_activity_dict(info: Mapping[str, dict]) -> dict[str, torch.Tensor] | None:
-    if any(entry.get("mean_activity") is None for entry in info.values()):
-        return None
-    return {key: torch.tensor(entry["mean_activity"], dtype=torch.float32) for key, entry in info.items()}
-
-
 def _session_readout_config(
     info: Mapping[str, dict], in_shapes: Mapping[str, tuple[int, int, int]]
 ) -> dict[str, Any]:
-    """The per-session readout arguments every builder passes: input shapes, neuron counts, mean responses."""
+    """The per-session readout arguments every builder passes: input shapes and neuron counts.
+
+    No mean responses: sensorium's builder gives none (its readouts start with bias 0), and the
+    same seed must give the same initial model.
+    """
     return {
         "in_shape_dict": in_shapes,
         "n_neurons_dict": {key: entry["n_neurons"] for key, entry in info.items()},
-        "mean_activity_dict": _mean_activity_dict(info),
     }
 
 
@@ -401,7 +400,8 @@ def stacked_core_full_gauss_readout(
 
     Args:
         dataloaders: ``{data_key: loader}`` or ``{tier: {data_key: loader}}`` (the train tier is used);
-            sessions, neuron counts, image shape, cortex coordinates and mean responses are read from it.
+            sessions, neuron counts, input channels (images + behaviour / eye-position channels) and
+            shape, and cortex coordinates are read from its first batch and dataset.
         seed: seeds Python, NumPy and PyTorch right before the modules are built (plain int; None = not
             seeded).
         data_info: instead of ``dataloaders``: the output of :func:`data_info_from_loaders` (it wins
@@ -496,7 +496,7 @@ def stacked_core_factorized_readout(
         dataloaders, seed, data_info: as in :func:`stacked_core_full_gauss_readout`.
         hidden_channels ... core_bias: the core (see ``Stacked2dCore``; ``gamma_hidden`` weighs the
             group-sparsity penalty of the hidden layers).
-        readout_bias: whether each neuron has a bias (initialised to its mean response when known).
+        readout_bias: whether each neuron has a bias (initialised to 0).
         gamma_readout: weight of the readout regulariser Σ_n ‖mask_n‖₁·‖features_n‖₁
             (``spatial_and_feature_reg_weight``).
         init_noise: std of the normal initialisation of masks and features.

@@ -5,7 +5,10 @@ centre ``(B, 2)`` it returns a shift ``(B, 2)`` in grid units that the Gaussian 
 positions where they sample the core's feature map (x along width, y along height).
 
 State-dict names match neuralpredictors 0.3.0 (``{data_key}.mlp.{i}.weight`` for the MLP shifter,
-``{data_key}.weight`` for the affine one), so Sinz-lab checkpoints load with ``strict=True``.
+``{data_key}.weight`` for the affine one), so Sinz-lab checkpoints load with ``strict=True``. A new
+shifter has PyTorch's default ``nn.Linear`` initialisation, drawn in the same order as the peer's,
+so a builder with the same seed gives the same initial weights; ``initialize()`` (a no-op in the
+peer) re-initialises to a zero / near-zero shift.
 """
 
 from __future__ import annotations
@@ -75,8 +78,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, hidden_channels), nn.Tanh()]
             width = hidden_channels
         layers += [nn.Linear(width, 2), nn.Tanh()]
-        self.mlp = nn.Sequential(*layers)
-        self.initialize()
+        self.mlp = nn.Sequential(*layers)  # PyTorch's default Linear init, as the peer (see module doc)
 
     @property
     def linear_layers(self) -> list[nn.Linear]:
@@ -168,8 +170,7 @@ class StaticAffine2d(nn.Linear):
             _positive_int("input_channels", input_channels),
             _positive_int("output_channels", output_channels),
             bias=bias,
-        )
-        self.initialize()
+        )  # PyTorch's default Linear init, as the peer; initialize() gives a near-zero shift
 
     def initialize(self, bias: torch.Tensor | None = None) -> None:
         """Near-zero weights (N(0, 1e-6)) so the initial shift is ~0; bias from ``bias`` or ~0."""

@@ -2,7 +2,7 @@
 
 :class:`BatchLoss` holds what stays fixed for a whole run (the model, how its forward pass runs,
 the loss options) and returns one batch's scalar loss: the Poisson loss of the prediction (summed,
-or averaged with ``avg_loss``), × sqrt(n_train / batch size) with ``scale_loss``, + the session's
+or averaged with ``avg_loss``), × sqrt(n_trials / batch size) with ``scale_loss``, + the session's
 core, readout, shifter and modulator regularizers.
 """
 
@@ -53,13 +53,14 @@ class BatchLoss:
     """The training objective of one batch, with the settings that stay fixed for the whole run.
 
     ``loss(data_key, batch)`` = Poisson loss of ``forward_model``'s prediction (summed, or averaged
-    with ``avg_loss``) × sqrt(n_train / batch size) with ``scale_loss`` (n_train =
-    ``len(train_loaders[data_key].dataset)``) + the session's regularizers of ``model``.
+    with ``avg_loss``) × sqrt(n_trials / batch size) with ``scale_loss`` (n_trials =
+    ``scale_trials[data_key]``, see :mod:`pipeline.training.loss_scale`) + the session's regularizers
+    of ``model``.
 
     Attributes:
         model: the model (its regularizers are read from it).
         forward_model: what runs the forward pass (``model`` itself, or its ``torch.compile``).
-        train_loaders: ``{data_key: loader}`` of the train tier.
+        scale_trials: ``{data_key: n_trials}`` of the loss scale.
         device: where the batch goes.
         avg_loss, scale_loss, detach_core: as in :func:`standard_trainer`.
         autocast: a context-manager factory the forward pass runs under (bf16 autocast or none).
@@ -67,7 +68,7 @@ class BatchLoss:
 
     model: nn.Module
     forward_model: Callable[..., torch.Tensor]
-    train_loaders: Mapping[str, Any]
+    scale_trials: Mapping[str, int]
     device: torch.device
     avg_loss: bool
     scale_loss: bool
@@ -84,5 +85,5 @@ class BatchLoss:
             )
         loss = _poisson_loss(output.float(), responses.to(self.device), avg=self.avg_loss)
         if self.scale_loss:
-            loss = loss * math.sqrt(len(self.train_loaders[data_key].dataset) / images.shape[0])
+            loss = loss * math.sqrt(self.scale_trials[data_key] / images.shape[0])
         return loss + _regularizer(self.model, data_key, self.detach_core)

@@ -29,6 +29,7 @@ from pipeline.measures import get_correlations, get_poisson_loss
 from pipeline.training.cyclers import LongCycler
 from pipeline.training.early_stopping import EarlyStopping, copy_state
 from pipeline.training.loss import BatchLoss
+from pipeline.training.loss_scale import loss_scale_trials as _loss_scale_trials
 from pipeline.training.records import EpochRecord, StopTraining, TrainingDivergedError
 from pipeline.training.run import HISTORY_CURVES, TrainingRun
 from pipeline.utils import set_seed
@@ -93,6 +94,7 @@ def standard_trainer(
     resume_state: dict[str, Any] | None = None,
     avg_loss: bool = False,
     scale_loss: bool = True,
+    loss_scale_trials: str = "all",
     loss_function: str = "PoissonLoss",
     stop_function: str = "get_correlations",
     loss_accum_batch_n: int | None = None,
@@ -120,12 +122,10 @@ def standard_trainer(
     """Train ``model`` with Adam, a Poisson loss, LR decay on plateaus and early stopping.
 
     Every optimiser step sees one batch of every session (:class:`LongCycler`); an epoch is
-    ``n_sessions × max(len(train loader))`` batches. A batch's loss (:mod:`pipeline.training.loss`)
-    is the Poisson loss (summed, or averaged with ``avg_loss``) × sqrt(n_train / batch size) with
-    ``scale_loss`` — n_train is
-    ``len(loader.dataset)`` of the session's train loader, i.e. the *train-tier* trials (the peer
-    library's dataset spans all tiers, so its factor is somewhat larger) — plus the core (unless
-    ``detach_core``), readout, shifter and modulator regularizers of that session.
+    ``n_sessions × max(len(train loader))`` batches. A batch's loss (:mod:`pipeline.training.loss`) is the Poisson loss (summed, or
+    averaged with ``avg_loss``) × sqrt(n_trials / batch size) with ``scale_loss`` — n_trials counts
+    every trial of the session, all tiers, as sensorium's (see ``loss_scale_trials``) — plus the core
+    (unless ``detach_core``), readout, shifter and modulator regularizers of that session.
     Every ``interval`` epochs the ``stop_function`` (mean validation correlation) is evaluated and fed
     to ``ReduceLROnPlateau(mode max|min, factor=lr_decay_factor, patience, threshold=tolerance, abs,
     min_lr)`` and to early stopping (see :mod:`pipeline.training.early_stopping`), which ends after
@@ -143,7 +143,10 @@ def standard_trainer(
         resume_state: an ``EpochRecord.training_state()`` dict to continue from; with the same model
             architecture, loaders, seed and config the result equals that of an uninterrupted run.
         avg_loss: average the Poisson loss over the batch instead of summing it.
-        scale_loss: multiply the loss by sqrt(n_train / batch size).
+        scale_loss: multiply the loss by sqrt(n_trials / batch size) (batch size: of this batch).
+        loss_scale_trials: what n_trials counts: "all" (default, as sensorium: the session's
+            trials in every tier) or "train" (the train loader's trials); see
+            :mod:`pipeline.training.loss_scale`.
         loss_function: "PoissonLoss" (the only one).
         stop_function: "get_correlations" (maximize=True) or "get_poisson_loss" (maximize=False).
         loss_accum_batch_n: batches per optimiser step; default = the number of sessions.
@@ -229,7 +232,7 @@ def standard_trainer(
     batch_loss = BatchLoss(
         model=model,
         forward_model=forward_model,
-        train_loaders=train,
+        scale_trials={key: _loss_scale_trials(loader, loss_scale_trials) for key, loader in train.items()},
         device=dev,
         avg_loss=avg_loss,
         scale_loss=scale_loss,
