@@ -179,7 +179,7 @@ class DictLoader:
 
 def test_builders_read_dict_batches_by_key_and_fail_as_scoring_does():
     good = {"train": {"a-1-1": DictLoader("images", "responses")}}
-    info = data_info_from_loaders(good)["a-1-1"]
+    info = data_info_from_loaders(good, mean_activity=True)["a-1-1"]
     assert info["n_neurons"] == 3 and info["input_shape"] == [1, 16, 20]
     np.testing.assert_allclose(
         info["mean_activity"], good["train"]["a-1-1"].responses.mean(0).numpy(), rtol=1e-6
