@@ -1,0 +1,12 @@
+"""Most exciting inputs (MEIs): batched, constrained gradient ascent on a model's input images.
+
+``optimize_meis(model, data_key, neurons, input_shape, config, seed=...)`` returns an
+:class:`MEIResult` (images, activations, norms, steps, trace); :class:`MEIConfig` holds the settings
+(validated, unknown keys refused, so they can be stored by hash). Works on one encoder or an
+:class:`~pipeline.models.EnsembleEncoder`.
+"""
+
+from pipeline.mei.config import MEIConfig, MEIConfigError, mei_config
+from pipeline.mei.optimize import MEIResult, optimize_meis
+
+__all__ = ["MEIConfig", "MEIConfigError", "MEIResult", "mei_config", "optimize_meis"]
