@@ -27,7 +27,7 @@ import torch
 
 from pipeline.data import make_synthetic_dataset, static_loaders
 from pipeline.data.synthetic import linear_filters
-from pipeline.mei import MEIConfig, optimize_meis
+from pipeline.mei import MEIConfig, data_reference, optimize_meis
 from pipeline.models import EnsembleEncoder, stacked_core_full_gauss_readout
 from pipeline.scoring import score_model
 from pipeline.training import standard_trainer
@@ -89,9 +89,7 @@ def main() -> None:
         )
         loaders = static_loaders([str(path)], batch_size=32, seed=0, use_cache=False)
         filters = linear_filters(path)
-    stats = loaders["train"][KEY].dataset.statistics["images"]["all"]
-    mean, std = float(np.mean(stats["mean"])), float(np.mean(stats["std"]))
-    data_range = ((0 - mean) / std, (255 - mean) / std)
+    data_range = data_reference(loaders["train"][KEY]).pixel_range
     print(
         f"synthetic: {args.neurons} neurons, {args.train} train images of {args.height}x{args.width}; "
         f"{args.seeds} seeds x {args.epochs} epochs; threads {args.threads}; load {os.getloadavg()[0]:.2f}"

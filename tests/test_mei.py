@@ -16,7 +16,7 @@ import torch
 
 from pipeline.data import StaticDataset, load_ground_truth, make_synthetic_dataset, static_loaders
 from pipeline.data.synthetic import linear_filters
-from pipeline.mei import optimize_meis
+from pipeline.mei import data_reference, optimize_meis
 from pipeline.models import EnsembleEncoder, stacked_core_full_gauss_readout
 from pipeline.scoring import score_model
 from pipeline.training import standard_trainer
@@ -37,13 +37,6 @@ MODEL_CONFIG = dict(
     grid_mean_predictor={"type": "cortex", "input_dimensions": 2, "hidden_layers": 0, "final_tanh": False},
 )
 TRAINER_CONFIG = dict(device="cpu", max_iter=20, lr_init=0.01, patience=4, lr_decay_steps=2, progress=False)
-
-
-def pixel_range(loaders) -> tuple[float, float]:
-    """The normalised range of pixel values 0..255 under the loaders' image normalisation."""
-    stats = loaders["train"][KEY].dataset.statistics["images"]["all"]
-    mean, std = float(np.mean(stats["mean"])), float(np.mean(stats["std"]))
-    return (0 - mean) / std, (255 - mean) / std
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +102,16 @@ def test_meis_of_well_predicted_neurons_match_the_true_filters(trained) -> None:
     good = np.flatnonzero(correlation > 0.5)
     assert len(good) >= 12
     truth = linear_filters(path)
-    result = optimize_meis(ensemble, KEY, good, (1, *IMAGE_SHAPE), seed=0, data_range=pixel_range(loaders))
+    reference = data_reference(loaders["train"][KEY])
+    assert reference.input_shape == (1, *IMAGE_SHAPE)
+    result = optimize_meis(
+        ensemble, KEY, good, reference.input_shape, seed=0, data_range=reference.pixel_range
+    )
     r = np.array(
         [np.corrcoef(result.images[i, 0].ravel(), truth[n].ravel())[0, 1] for i, n in enumerate(good)]
     )
     assert np.median(np.abs(r)) >= 0.7
     assert (r > 0).mean() >= 0.9  # excitatory neurons: the MEI is the filter, not its negative
-    # the MEI drives its neuron far more than the average test image does
-    mean_prediction = ensemble(next(iter(loaders["test"][KEY])).images, data_key=KEY).mean(0)
-    assert (result.activations > 2 * mean_prediction[good].detach()).all()
+    # the MEI drives its neuron far more than the average image does
+    assert (result.activations.numpy() > 2 * reference.mean_response[good]).all()
     assert torch.allclose(result.norms, torch.full_like(result.norms, 10.0), rtol=2e-3)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.mei import MEIConfig, MEIConfigError, mei_config, optimize_meis
+from pipeline.mei import MEIConfig, MEIConfigError, data_reference, mei_config, optimize_meis
 from pipeline.mei.transforms import gaussian_blur, per_image_shift, project
 
 SHAPE = (1, 10, 14)
@@ -203,3 +203,19 @@ def test_project_reaches_the_norm_inside_the_range() -> None:
     torch.testing.assert_close(out.flatten(1).norm(dim=1), torch.full((4,), 5.0), rtol=1e-3, atol=0)
     assert not torch.equal(out, x)  # x itself is untouched
     np.testing.assert_allclose(project(x, None, True, None).numpy(), x.numpy())
+
+
+def test_data_reference_reads_shape_range_and_mean_responses() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(10, *SHAPE, generator=g)
+    responses = torch.rand(10, 4, generator=g)
+    batches = [(images[:6], responses[:6]), {"images": images[6:], "responses": responses[6:]}]
+    reference = data_reference(batches)
+    assert reference.input_shape == SHAPE
+    assert reference.pixel_range == (float(images.min()), float(images.max()))
+    np.testing.assert_allclose(reference.mean_response, responses.double().mean(0).numpy())
+    assert reference.n_trials == 10
+    with pytest.raises(ValueError, match="no batches"):
+        data_reference([])
+    with pytest.raises(ValueError, match="shape changes"):
+        data_reference([(images[:2], responses[:2]), (images[:2, :, :5], responses[:2])])
