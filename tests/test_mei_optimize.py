@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.mei import MEIConfig, MEIConfigError, data_reference, mei_config, optimize_meis
+from pipeline.mei import (
+    MEIConfig,
+    MEIConfigError,
+    data_reference,
+    mei_config,
+    optimize_meis,
+    validate_method,
+)
 from pipeline.mei.transforms import gaussian_blur, per_image_shift, project
 
 SHAPE = (1, 10, 14)
@@ -219,3 +226,15 @@ def test_data_reference_reads_shape_range_and_mean_responses() -> None:
         data_reference([])
     with pytest.raises(ValueError, match="shape changes"):
         data_reference([(images[:2], responses[:2]), (images[:2, :, :5], responses[:2])])
+
+
+def test_a_method_is_validated_by_the_settings_of_its_own_function() -> None:
+    function, config = validate_method("pipeline.mei.optimize_meis", {"norm": 5.0, "jitter": 1})
+    assert function is optimize_meis and config == MEIConfig(norm=5.0, jitter=1)
+    assert validate_method(optimize_meis, None)[1] == MEIConfig()
+    with pytest.raises(MEIConfigError, match="nrom"):
+        validate_method("pipeline.mei.optimize_meis", {"nrom": 5.0})
+    with pytest.raises(ValueError, match="not an MEI method"):
+        validate_method("pipeline.mei.data_reference", {})
+    with pytest.raises(ValueError, match="no_such_fn"):
+        validate_method("pipeline.mei.no_such_fn", {})

@@ -8,15 +8,18 @@ session's input shape, pixel range and mean responses from its loader. Works on 
 """
 
 from pipeline.mei.config import MEIConfig, MEIConfigError, mei_config
+from pipeline.mei.methods import METHODS, validate_method
 from pipeline.mei.optimize import MEIResult, optimize_meis
 from pipeline.mei.reference import DataReference, data_reference
 
 __all__ = [
     "DataReference",
+    "METHODS",
     "MEIConfig",
     "MEIConfigError",
     "MEIResult",
     "data_reference",
     "mei_config",
     "optimize_meis",
+    "validate_method",
 ]
