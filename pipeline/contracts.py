@@ -1,6 +1,8 @@
 """The cross-cutting contracts every layer relies on, each written once.
 
-* :func:`split_batch` — a batch (namedtuple, dict or tuple) as ``(inputs, targets, extra fields)``.
+* :func:`split_batch` — a batch (namedtuple, dict or tuple) as ``(inputs, targets, extra fields)``;
+  :func:`batch_as_dict` — the same batch as ``{field: value}``.
+* :data:`TIERS` / :func:`ordered_tiers` — the tier names in their canonical order.
 * :func:`tier_loaders` / :func:`train_loaders` — the ``{data_key: loader}`` dict of one tier, from
   either a tier dict or the full ``{tier: {data_key: loader}}`` dict.
 * :func:`resolve_data_key` and :class:`UnknownDataKeyError` — choosing a session's module.
@@ -25,10 +27,13 @@ __all__ = [
     "INPUT_FIELDS",
     "NEURON_SCORE_NAMES",
     "TARGET_FIELDS",
+    "TIERS",
     "SplitBatch",
     "UnknownDataKeyError",
+    "batch_as_dict",
     "finite_or_none",
     "is_tier_dict",
+    "ordered_tiers",
     "resolve_data_key",
     "resolve_device",
     "split_batch",
@@ -98,7 +103,37 @@ def split_batch(batch: Any) -> SplitBatch:
     )
 
 
+def batch_as_dict(batch: Any) -> dict[str, Any]:
+    """Every field of a batch by name, in the batch's order (what shapes are read from).
+
+    Args:
+        batch: as for :func:`split_batch`; a namedtuple or dict keeps its names, a plain tuple/list's
+            fields are named ``inputs``, ``targets`` (sensorium's names), ``field2``, ``field3`` ...
+
+    Raises:
+        TypeError: anything but a namedtuple, dict, tuple or list.
+    """
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if hasattr(batch, "_asdict"):
+        return dict(batch._asdict())
+    if isinstance(batch, Sequence) and not isinstance(batch, str | bytes):
+        names = ["inputs", "targets"] + [f"field{i}" for i in range(2, len(batch))]
+        return dict(zip(names, batch))
+    raise TypeError(f"a batch must be a namedtuple, a dict or a tuple of tensors, got {type(batch).__name__}")
+
+
 # ------------------------------------------------------------------------------------------ loaders
+#: the Sensorium tiers in their canonical order (other tier names follow them, sorted)
+TIERS = ("train", "validation", "test", "final_test")
+
+
+def ordered_tiers(names: Iterable[str]) -> list[str]:
+    """``names`` without repeats in the canonical order: :data:`TIERS` first, then the others sorted."""
+    present = list(dict.fromkeys(str(name) for name in names))
+    return [t for t in TIERS if t in present] + sorted(t for t in present if t not in TIERS)
+
+
 def is_tier_dict(dataloaders: Mapping) -> bool:
     """Whether ``dataloaders`` is the full ``{tier: {data_key: loader}}`` dict (not one tier)."""
     return bool(dataloaders) and all(isinstance(v, Mapping) for v in dataloaders.values())

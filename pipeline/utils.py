@@ -1,4 +1,8 @@
-"""Small helpers shared by the model and training code: seeding, loader shapes, devices."""
+"""Small helpers shared by the model and training code: seeding, loader and module shapes.
+
+``batch_as_dict`` and ``resolve_device`` are re-exported from :mod:`pipeline.contracts`, where they
+are defined.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from pipeline.contracts import batch_as_dict, resolve_device, train_loaders
 
 __all__ = [
     "batch_as_dict",
@@ -49,24 +55,6 @@ def set_seed(seed: int, deterministic: bool = True) -> int:
     return seed
 
 
-def batch_as_dict(batch: Any) -> dict[str, Any]:
-    """Return a batch as an ordered ``{field: value}`` dict.
-
-    Args:
-        batch: a namedtuple (``images``, ``responses``, ...), a dict, or a plain tuple/list of
-            tensors (whose first two fields are then named ``inputs`` and ``targets``).
-    """
-    if isinstance(batch, Mapping):
-        return dict(batch)
-    if hasattr(batch, "_asdict"):
-        return dict(batch._asdict())
-    if isinstance(batch, Sequence) and not isinstance(batch, str | bytes):
-        # plain tuples (e.g. a TensorDataset's batches): sensorium names the first two inputs/targets
-        names = ["inputs", "targets"] + [f"field{i}" for i in range(2, len(batch))]
-        return dict(zip(names, batch))
-    raise TypeError(f"a batch must be a namedtuple, a dict or a tuple of tensors, got {type(batch).__name__}")
-
-
 def get_io_dims(loader: Any) -> dict[str, tuple[int, ...]]:
     """Return ``{field: shape}`` of the first batch that ``loader`` yields.
 
@@ -95,13 +83,7 @@ def get_dims_for_loader_dict(dataloaders: Mapping[str, Any]) -> dict[str, dict[s
     Returns:
         ``{data_key: {field: shape}}`` with shapes including the batch dimension.
     """
-    if not isinstance(dataloaders, Mapping):
-        raise TypeError(f"dataloaders must be a dict of loaders, got {type(dataloaders).__name__}")
-    if "train" in dataloaders and isinstance(dataloaders["train"], Mapping):
-        dataloaders = dataloaders["train"]
-    if not dataloaders:
-        raise ValueError("dataloaders is empty: at least one session is needed")
-    return {key: get_io_dims(loader) for key, loader in dataloaders.items()}
+    return {key: get_io_dims(loader) for key, loader in train_loaders(dataloaders).items()}
 
 
 def get_module_output(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -131,27 +113,3 @@ def get_module_output(module: nn.Module, input_shape: Sequence[int]) -> tuple[in
     finally:
         module.train(was_training)
     return tuple(output.shape)
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / a ``torch.device`` into a ``torch.device``.
-
-    ``"auto"`` (or None) picks CUDA when available, else CPU. Asking for CUDA on a machine without it
-    raises a ValueError instead of failing later inside a forward pass.
-    """
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, torch.device):
-        resolved = device
-    elif isinstance(device, str):
-        try:
-            resolved = torch.device(device)
-        except RuntimeError as err:
-            raise ValueError(
-                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
-            ) from err
-    else:
-        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
-    return resolved

@@ -14,9 +14,10 @@ from typing import Any
 import datajoint as dj
 import numpy as np
 
+from pipeline.scoring import score_model
+
 from ._schema import schema
 from .configs import Dataset
-from pipeline.scoring import score_model
 from .trained_model import TrainedModel, build_dataloaders
 
 __all__ = ["DataInfo", "NeuronScore", "ReadoutParameters"]

@@ -319,3 +319,36 @@ def test_repeat_measures_use_by_image_when_the_loader_has_it():
     np.testing.assert_allclose(M.get_signal_correlations(Echo(), {"a": by_image}), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="repeats of an image"):
         M.get_signal_correlations(Echo(), {"a": ToyLoader(by_image.dataset, 5)})
+
+
+def test_score_model_gives_every_neuron_score_per_tier_and_none_without_repeats():
+    from pipeline.contracts import NEURON_SCORE_NAMES
+    from pipeline.scoring import score_model
+
+    loader, images, responses, image_ids = repeated_loader()
+    single = ToyLoader(ToyDataset(torch.from_numpy(images[:, None, None, :]), torch.from_numpy(responses)), 5)
+    scores = score_model(Echo(), {"test": {"a": loader}, "train": {"a": single}})
+    targets, outputs = M.split_by_image(responses, image_ids), M.split_by_image(images, image_ids)
+    test = scores["test"]["a"]
+    assert tuple(test) == NEURON_SCORE_NAMES
+    np.testing.assert_allclose(test["correlation"], M.corr(responses, images), rtol=1e-6)
+    np.testing.assert_allclose(test["correlation_to_average"], M.corr_to_average(targets, outputs), rtol=1e-6)
+    fev, feve = M.feve(targets, outputs, return_fev=True)
+    np.testing.assert_allclose(test["fev"], fev, rtol=1e-6)
+    np.testing.assert_allclose(test["feve"], feve, rtol=1e-5)
+    np.testing.assert_allclose(test["oracle"], M.oracle_corr_jackknife(targets), rtol=1e-6)
+    assert all(value.dtype == np.float64 and value.shape == (4,) for value in test.values())
+    train = scores["train"]["a"]  # no trial_info, so no repeats: only the correlation
+    assert train["correlation"].shape == (4,)
+    assert all(train[name] is None for name in NEURON_SCORE_NAMES if name != "correlation")
+    with pytest.raises(TypeError, match="dataloaders\\['test'\\]"):
+        score_model(Echo(), {"test": loader})
+
+
+def test_the_package_re_exports_every_array_and_evaluation_name():
+    from pipeline.measures import arrays, evaluation
+
+    assert set(M.__all__) == set(arrays.__all__) | set(evaluation.__all__)
+    for name in M.__all__:
+        module = arrays if name in arrays.__all__ else evaluation
+        assert getattr(M, name) is getattr(module, name), name

@@ -241,6 +241,32 @@ def test_multi_readout_parity() -> None:
         assert float(ours.regularizer(data_key=key)) == pytest.approx(float(peer.regularizer(data_key=key)))
 
 
+@pytest.mark.parametrize("readout", ["FullGaussian2d", "FullFactorized2d"])
+def test_shared_parameters_multi_readout_parity(readout: str) -> None:
+    """Feature (and grid) sharing by match id: the peer's state dict loads strictly and predicts the same."""
+    from pipeline.models import readouts as our_readouts
+
+    in_shapes = {"a-1-1": IN_SHAPE, "b-2-2": IN_SHAPE}
+    n_neurons = {"a-1-1": 5, "b-2-2": 4}
+    ids = {"a-1-1": np.array([3, 1, 4, 1, 5]), "b-2-2": np.array([5, 9, 3, 2])}
+    kwargs = dict(bias=True, share_features=True, shared_match_ids=ids)
+    if readout == "FullGaussian2d":
+        kwargs.update(share_grid=True, init_mu_range=0.3, init_sigma=0.2)
+    peer = peer_readouts.MultiReadoutSharedParametersBase(
+        in_shapes, n_neurons, base_readout=getattr(peer_readouts, readout), **kwargs
+    )
+    ours = our_readouts.MultiReadoutSharedParametersBase(
+        in_shapes, n_neurons, base_readout=getattr(our_readouts, readout), **kwargs
+    )
+    assert ours["b-2-2"].shared_features is ours["a-1-1"].shared_features
+    _randomize(peer)
+    _copy_weights(peer, ours)
+    assert ours["b-2-2"].shared_features is ours["a-1-1"].shared_features  # still one parameter
+    x = _features()
+    for key in in_shapes:
+        assert _max_diff(peer(x, data_key=key), ours(x, data_key=key)) < ATOL
+
+
 # ------------------------------------------------------------------------------------- shifters
 @pytest.mark.parametrize("shift_layers", [1, 3])
 def test_mlp_shifter_parity(shift_layers: int) -> None:

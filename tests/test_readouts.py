@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline.models.readouts import (
     ClonedReadout,
     FullFactorized2d,
     FullGaussian2d,
+    FullSXF,
     Gaussian2d,
     MultipleFullFactorized2d,
     MultipleFullGaussian2d,
@@ -19,9 +21,11 @@ from pipeline.models.readouts import (
     MultiplePointPooled2d,
     MultiReadoutBase,
     PointPooled2d,
+    Readout,
     SpatialXFeatureLinear,
     UnknownDataKeyError,
 )
+from pipeline.models.readouts.base import NEURON_PARAMETER_KEYS
 from pipeline.models.readouts.factorized import factorized_readout, shift_feature_map
 
 C, H, W, N, B = 4, 6, 8, 5, 3
@@ -332,6 +336,59 @@ def test_neuron_parameters_gaussian():
     assert np.all(iso["sigma_xy"] == 0) and np.all(np.isnan(iso["bias"]))
     pooled = PointPooled2d(IN_SHAPE, N, 1, True, 2, 0.5).neuron_parameters()
     assert np.all(np.isnan(pooled["sigma_x"])) and pooled["features"].shape == (N, 2 * C)
+
+
+def _concrete_readout_classes() -> set[type]:
+    found, todo = set(), [Readout]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if not inspect.isabstract(cls) and cls.__module__.startswith("pipeline."):
+            found.add(cls)
+    return found
+
+
+#: one instance of every readout class (with channels C' = 2 * C for the pooled one)
+EVERY_READOUT = {
+    FullFactorized2d: lambda: FullFactorized2d(IN_SHAPE, N, bias=True),
+    SpatialXFeatureLinear: lambda: SpatialXFeatureLinear(IN_SHAPE, N, bias=False),
+    FullSXF: lambda: FullSXF(IN_SHAPE, N, bias=True, shared_features={"match_ids": np.arange(N) % 3}),
+    Gaussian2d: lambda: Gaussian2d(IN_SHAPE, N, bias=True),
+    FullGaussian2d: lambda: FullGaussian2d(
+        IN_SHAPE, N, bias=False, gauss_type="uncorrelated", shared_features={"match_ids": np.arange(N) % 2}
+    ),
+    PointPooled2d: lambda: PointPooled2d(IN_SHAPE, N, pool_steps=1, bias=True, pool_kern=2, init_range=0.5),
+    ClonedReadout: lambda: ClonedReadout(FullGaussian2d(IN_SHAPE, N, bias=True)),
+}
+
+
+def test_every_readout_returns_exactly_the_neuron_parameter_keys():
+    """The names the tables store come from NEURON_PARAMETER_KEYS; no readout may return others."""
+    missing = _concrete_readout_classes() - set(EVERY_READOUT)
+    assert not missing, f"add the new readout classes {missing} to EVERY_READOUT"
+    assert NEURON_PARAMETER_KEYS == (
+        "mu_x",
+        "mu_y",
+        "sigma_x",
+        "sigma_y",
+        "sigma_xy",
+        "feature_norm",
+        "bias",
+        "features",
+    )
+    for cls, make in EVERY_READOUT.items():
+        torch.manual_seed(0)
+        readout = make()
+        params = readout.neuron_parameters()
+        assert tuple(params) == NEURON_PARAMETER_KEYS, cls.__name__
+        for key in NEURON_PARAMETER_KEYS[:-1]:
+            assert params[key].dtype == np.float64 and params[key].shape == (N,), (cls.__name__, key)
+        channels = readout.neuron_features().shape[1]
+        assert params["features"].dtype == np.float32, cls.__name__
+        assert params["features"].shape == (N, channels) and channels in (C, 2 * C), cls.__name__
+        np.testing.assert_allclose(
+            params["feature_norm"], np.linalg.norm(params["features"].astype(np.float64), axis=1), rtol=1e-6
+        )
 
 
 def test_neuron_parameters_factorized():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 from collections import namedtuple
 
 import numpy as np
@@ -16,6 +17,7 @@ from pipeline.training import (
     LongCycler,
     StopTraining,
     TrainingDivergedError,
+    TrainingRun,
     load_training_state,
     save_training_state,
     standard_trainer,
@@ -258,6 +260,55 @@ def test_bad_configuration_is_rejected():
 def test_max_seconds_stops_after_the_first_epoch_past_the_limit():
     _, output, _ = train(max_seconds=1e-9)
     assert output["epochs"] == 1 and output["stopped_by"] == "max_seconds"
+
+
+def _new_run(loaders, n_neurons, seed: int = 0) -> TrainingRun:
+    model = ToyModel(16, n_neurons, seed=seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max")
+    stopper = EarlyStopping(lambda m: 0.0, scheduler=scheduler, max_iter=5)
+    return TrainingRun(model, optimizer, scheduler, stopper, loaders["train"], seed=seed)
+
+
+def _draws(loaders) -> tuple:
+    """Random numbers of every generator a training epoch uses, and the next batch order of a loader."""
+    first_batch = next(iter(loaders["train"]["a"])).responses
+    return random.random(), float(np.random.rand()), torch.rand(3), first_batch
+
+
+def test_training_run_restores_everything_and_the_random_streams_exactly():
+    loaders, n_neurons = make_problem()
+    run = _new_run(loaders, n_neurons)
+    run.begin()
+    run.record(train_loss=1.5, val_correlation=0.25, lr=0.01, epoch_seconds=0.1)
+    with torch.no_grad():
+        next(run.model.parameters()).add_(1.0)
+    state = run.state_dict()
+    expected = _draws(loaders)
+
+    other = _new_run(loaders, n_neurons, seed=5)  # other weights; the same loaders, already advanced
+    other.load_state_dict(state)
+    python_draw, numpy_draw, torch_draw, batch = _draws(loaders)
+    assert python_draw == expected[0] and numpy_draw == expected[1] and torch.equal(torch_draw, expected[2])
+    assert torch.equal(batch, expected[3])  # the loader shuffles as it would have after the save
+    assert_states_equal(other.model.state_dict(), run.model.state_dict())
+    assert other.history == run.history and other.stopper.best_epoch == run.stopper.best_epoch
+    assert other.elapsed() >= state["seconds"]
+
+
+def test_training_run_rejects_a_state_for_other_sessions_before_loading_anything():
+    loaders, n_neurons = make_problem()
+    run = _new_run(loaders, n_neurons)
+    run.begin()
+    state = run.state_dict()
+    state["loaders"]["z"] = state["loaders"]["a"]
+    other = _new_run(loaders, n_neurons, seed=5)
+    before = {k: v.clone() for k, v in other.model.state_dict().items()}
+    with pytest.raises(ValueError, match="session 'z'"):
+        other.load_state_dict(state)
+    assert_states_equal(other.model.state_dict(), before)
+    with pytest.raises(ValueError, match="version"):
+        other.load_state_dict({**state, "version": 0})
 
 
 def test_long_cycler_round_robins_and_cycles_the_shorter_loader():

@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from pipeline.contracts import ordered_tiers
+
 from . import cache as _cache
 from .files import FileTreeSource, open_source, read_npy_bytes, read_trials
 
@@ -296,9 +298,7 @@ class StaticDataset:
     @property
     def tiers(self) -> list[str]:
         """The tiers present, in the canonical order train, validation, test, final_test, then others."""
-        present = list(dict.fromkeys(str(t) for t in self.trial_info.tiers))
-        order = ["train", "validation", "test", "final_test"]
-        return [t for t in order if t in present] + sorted(t for t in present if t not in order)
+        return ordered_tiers(self.trial_info.tiers)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

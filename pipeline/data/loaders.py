@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.contracts import ordered_tiers, resolve_device
+
 from .datasets import ArrayNamespace, StaticDataset, get_data_key
 
 __all__ = ["TensorLoader", "TierView", "static_loaders", "static_loader", "get_data_key", "batch_type"]
 
-_TIER_ORDER = ("train", "validation", "test", "final_test")
 #: CPU tiers whose images take at most this many bytes as float32 are normalised once at construction;
 #: larger tiers, and tiers on a GPU (where converting a batch costs next to nothing), keep uint8 images
 #: and normalise each batch.
@@ -265,13 +266,6 @@ class TensorLoader:
 
 
 # ---------------------------------------------------------------------------- building
-def _resolve_device(cuda: bool, device: str | torch.device | None) -> torch.device:
-    dev = torch.device(device) if device is not None else torch.device("cuda" if cuda else "cpu")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {dev} requested (cuda=True or device='cuda') but CUDA is not available")
-    return dev
-
-
 def _as_list(value, name: str) -> list | None:
     if value is None:
         return None
@@ -476,7 +470,7 @@ def static_loader(
         raise ValueError(
             f"exclude names unknown fields {sorted(unknown)}; use images/responses/behavior/pupil_center"
         )
-    dev = _resolve_device(cuda, device)
+    dev = resolve_device(device if device is not None else "cuda" if cuda else "cpu")
     ds = dataset if dataset is not None else StaticDataset(path, use_cache=use_cache, cache_dir=cache_dir)
 
     if tier is not None and tier not in ds.tiers:
@@ -583,6 +577,10 @@ def static_loader(
     return (ds.data_key, loaders) if get_key else loaders
 
 
+#: the options of static_loaders that differ per path (the others are passed on to static_loader as they are)
+_PER_PATH_OPTIONS = ("paths", "neuron_ids", "image_ids", "seed")
+
+
 def _per_path(value, n_paths: int, name: str) -> list:
     """Expand a per-session list option (list of lists) to one entry per path."""
     if value is None:
@@ -642,6 +640,8 @@ def static_loaders(
     Raises:
         ValueError: no paths, two paths with the same session key, or any ``static_loader`` error.
     """
+    # every option but the per-path ones goes to static_loader under its own name
+    options = {name: value for name, value in locals().items() if name not in _PER_PATH_OPTIONS}
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     paths = list(paths)
@@ -655,36 +655,7 @@ def static_loaders(
             None if seed is None else int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
         )
         key, loaders = static_loader(
-            path,
-            batch_size,
-            areas=areas,
-            layers=layers,
-            tier=tier,
-            neuron_ids=n_ids,
-            neuron_n=neuron_n,
-            exclude_neuron_n=exclude_neuron_n,
-            neuron_base_seed=neuron_base_seed,
-            image_ids=i_ids,
-            image_n=image_n,
-            image_base_seed=image_base_seed,
-            get_key=True,
-            cuda=cuda,
-            device=device,
-            normalize=normalize,
-            exclude=exclude,
-            include_behavior=include_behavior,
-            add_behavior_as_channels=add_behavior_as_channels,
-            include_eye_position=include_eye_position,
-            add_eye_pos_as_channels=add_eye_pos_as_channels,
-            file_tree=file_tree,
-            inputs_mean=inputs_mean,
-            inputs_std=inputs_std,
-            scale=scale,
-            return_test_sampler=return_test_sampler,
-            seed=session_seed,
-            stats_source=stats_source,
-            use_cache=use_cache,
-            cache_dir=cache_dir,
+            path, neuron_ids=n_ids, image_ids=i_ids, seed=session_seed, get_key=True, **options
         )
         if any(key in by_key for by_key in out.values()):
             raise ValueError(
@@ -692,4 +663,4 @@ def static_loaders(
             )
         for name, loader in loaders.items():
             out.setdefault(name, {})[key] = loader
-    return {name: out[name] for name in sorted(out, key=lambda t: (_TIER_ORDER + (t,)).index(t))}
+    return {name: out[name] for name in ordered_tiers(out)}

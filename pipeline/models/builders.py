@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.contracts import split_batch, train_loaders
 from pipeline.models.cores import Stacked2dCore
 from pipeline.models.encoders import FiringRateEncoder
 from pipeline.models.readouts import MultipleFullFactorized2d, MultipleFullGaussian2d
 from pipeline.models.shifters import MLPShifter, StaticAffine2dShifter
-from pipeline.utils import batch_as_dict, get_module_output, set_seed
+from pipeline.utils import get_module_output, set_seed
 
 __all__ = [
     "SENSORIUM_SOTA_MODEL_CONFIG",
@@ -85,33 +86,12 @@ _CORE_ARGUMENTS = (
 
 
 # --------------------------------------------------------------------------------------- data info
-def _session_loaders(dataloaders: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``{data_key: loader}`` of the training tier, from either the tier dict or the full dict."""
-    if not isinstance(dataloaders, Mapping):
-        raise TypeError(
-            f"dataloaders must be a dict {{data_key: loader}} or {{tier: {{data_key: loader}}}}, "
-            f"got {type(dataloaders).__name__}"
-        )
-    if "train" in dataloaders and isinstance(dataloaders["train"], Mapping):
-        dataloaders = dataloaders["train"]
-    if not dataloaders:
-        raise ValueError("dataloaders holds no session")
-    return dataloaders
-
-
-def _first_two_fields(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    fields = list(batch_as_dict(batch).values())
-    if len(fields) < 2:
-        raise ValueError("a batch must hold at least the images and the responses")
-    return fields[0], fields[1]
-
-
 def _mean_activity(loader: Any) -> list[float]:
     """Per-neuron mean response over one pass of ``loader`` (float64 accumulation)."""
     total, count = None, 0
     with torch.no_grad():
         for batch in loader:
-            responses = torch.as_tensor(_first_two_fields(batch)[1]).detach().to("cpu", torch.float64)
+            responses = torch.as_tensor(split_batch(batch).targets).detach().to("cpu", torch.float64)
             total = responses.sum(0) if total is None else total + responses.sum(0)
             count += responses.shape[0]
     if not count:
@@ -124,7 +104,8 @@ def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool =
 
     Args:
         dataloaders: ``{data_key: loader}`` or ``{tier: {data_key: loader}}`` (the ``"train"`` tier
-            is used). A batch is a namedtuple or dict whose first two fields are the images
+            is used). A batch is read with :func:`pipeline.contracts.split_batch`: a namedtuple whose
+            first two fields, or a dict whose ``images``/``responses`` keys, are the images
             ``(B, C, H, W)`` and the responses ``(B, N)``; ``loader.dataset.neurons.cell_motor_coordinates``
             ``(N, 3)`` is read when present.
         mean_activity: whether to compute each neuron's mean response over one pass of the loader
@@ -135,12 +116,12 @@ def data_info_from_loaders(dataloaders: Mapping[str, Any], mean_activity: bool =
         "cortex_coordinates": N x 3 list or None, "mean_activity": length-N list or None}}``.
     """
     info: dict[str, dict] = {}
-    for data_key, loader in _session_loaders(dataloaders).items():
+    for data_key, loader in train_loaders(dataloaders).items():
         try:
             batch = next(iter(loader))
         except StopIteration:
             raise ValueError(f"the loader of session {data_key!r} yields no batches") from None
-        images, responses = _first_two_fields(batch)
+        images, responses, _ = split_batch(batch)
         if images.dim() != 4:
             raise ValueError(f"session {data_key!r}: images must be (B, C, H, W), got {tuple(images.shape)}")
         if responses.dim() != 2:
@@ -267,7 +248,7 @@ def _shared_match_ids(
     """Match ids per session for feature/grid sharing: given, or ``dataset.neurons.multi_match_id``."""
     if shared_match_ids is None:
         shared_match_ids = {}
-        loaders = _session_loaders(dataloaders) if dataloaders is not None else {}
+        loaders = train_loaders(dataloaders) if dataloaders is not None else {}
         for key, entry in info.items():
             ids = entry.get("multi_match_id")
             if ids is None and key in loaders:
@@ -319,14 +300,19 @@ def _session_readout_config(
     }
 
 
-def _seeded_data_info(
-    dataloaders: Mapping[str, Any] | None, data_info: Mapping[str, Any] | None, seed: int | None
-) -> dict:
-    """The checked data info; then seeds Python, NumPy and PyTorch (unless ``seed`` is None)."""
-    info = _resolve_data_info(dataloaders, data_info)
-    if seed is not None:
-        set_seed(seed)
-    return info
+def _seeded_core(arguments: Mapping[str, Any]) -> tuple[dict, nn.Module, dict[str, Any]]:
+    """What every builder starts from, given its ``arguments`` (its ``locals()``).
+
+    Returns:
+        The checked data info (from ``data_info`` or ``dataloaders``); then, after seeding Python,
+        NumPy and PyTorch with ``seed`` (unless None), the shared core; and the per-session readout
+        arguments (:func:`_session_readout_config`).
+    """
+    info = _resolve_data_info(arguments["dataloaders"], arguments["data_info"])
+    if arguments["seed"] is not None:
+        set_seed(arguments["seed"])
+    core, in_shapes = _build_core(info, **_core_config(arguments))
+    return info, core, _session_readout_config(info, in_shapes)
 
 
 def _core_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -437,9 +423,8 @@ def stacked_core_full_gauss_readout(
     Returns:
         A :class:`FiringRateEncoder` with ``.core``, ``.readout`` (keyed by data_key) and ``.shifter``.
     """
-    info = _seeded_data_info(dataloaders, data_info, seed)
+    info, core, session_config = _seeded_core(locals())
     gmp_config, gmp_type, source_grids = _grid_mean_predictor(grid_mean_predictor, info)
-    core, in_shapes = _build_core(info, **_core_config(locals()))
     sharing: dict[str, Any] = {}
     if share_features or share_grid:
         sharing = {
@@ -448,7 +433,7 @@ def stacked_core_full_gauss_readout(
             "shared_match_ids": _shared_match_ids(shared_match_ids, dataloaders, info),
         }
     readout = MultipleFullGaussian2d(
-        **_session_readout_config(info, in_shapes),
+        **session_config,
         init_mu_range=init_mu_range,
         init_sigma=init_sigma,
         bias=readout_bias,
@@ -519,10 +504,9 @@ def stacked_core_factorized_readout(
         constrain_pos, positive_weights: keep masks / features non-negative.
         elu_offset: offset of the output non-linearity.
     """
-    info = _seeded_data_info(dataloaders, data_info, seed)
-    core, in_shapes = _build_core(info, **_core_config(locals()))
+    _, core, session_config = _seeded_core(locals())
     readout = MultipleFullFactorized2d(
-        **_session_readout_config(info, in_shapes),
+        **session_config,
         bias=readout_bias,
         spatial_and_feature_reg_weight=gamma_readout,
         init_noise=init_noise,

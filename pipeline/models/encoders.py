@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.contracts import resolve_data_key
+
 __all__ = ["FiringRateEncoder"]
 
 # Batch fields that reach forward() through ``**batch._asdict()`` calls; they are model inputs or
@@ -68,13 +70,7 @@ class FiringRateEncoder(nn.Module):
         keys = self.data_keys
         if not keys:  # a single (non-dict) readout: data_key is irrelevant
             return data_key
-        if data_key is None:
-            if len(keys) == 1:
-                return keys[0]
-            raise ValueError(f"data_key is required with several sessions; choose one of {keys}")
-        if data_key not in keys:
-            raise KeyError(f"unknown data_key {data_key!r}; the model has sessions {keys}")
-        return data_key
+        return resolve_data_key(keys, data_key, "model")
 
     def forward(
         self,
@@ -118,7 +114,9 @@ class FiringRateEncoder(nn.Module):
                     "this model has a shifter, so forward() needs pupil_center (B, 2); load the data with "
                     "include_eye_position=True and pass pupil_center=batch.pupil_center"
                 )
-            shift = self.shifter[data_key](pupil_center, trial_idx)
+            shift = self.shifter[resolve_data_key(self.shifter.keys(), data_key, "shifter")](
+                pupil_center, trial_idx
+            )
 
         readout_kwargs = {k: v for k, v in kwargs.items() if k not in _BATCH_FIELDS}
         x = self.readout(x, data_key=data_key, shift=shift, **readout_kwargs)
@@ -129,7 +127,9 @@ class FiringRateEncoder(nn.Module):
                     "this model has a modulator, so forward() needs behavior (B, n_behavior); load the data "
                     "with include_behavior=True and pass behavior=batch.behavior"
                 )
-            x = self.modulator[data_key](x, behavior=behavior)
+            x = self.modulator[resolve_data_key(self.modulator.keys(), data_key, "modulator")](
+                x, behavior=behavior
+            )
 
         return F.elu(x + self.offset) + 1
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.contracts import resolve_data_key
+
 __all__ = ["MLP", "MLPModulator"]
 
 
@@ -128,12 +130,4 @@ class MLPModulator(nn.ModuleDict):
 
     def regularizer(self, data_key: str | None = None) -> torch.Tensor:
         """``gamma_modulator`` × the L1 penalty of session ``data_key`` (optional with one session)."""
-        if data_key is None:
-            if len(self) != 1:
-                raise ValueError(
-                    f"data_key is required with several sessions; choose one of {list(self.keys())}"
-                )
-            data_key = next(iter(self.keys()))
-        if data_key not in self:
-            raise KeyError(f"unknown data_key {data_key!r}; known sessions: {list(self.keys())}")
-        return self[data_key].regularizer() * self.gamma_modulator
+        return self[resolve_data_key(self.keys(), data_key, "modulator")].regularizer() * self.gamma_modulator

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from pipeline.contracts import resolve_data_key
+
 __all__ = ["MLP", "MLPShifter", "StaticAffine2d", "StaticAffine2dShifter"]
 
 
@@ -149,7 +151,7 @@ class MLPShifter(nn.ModuleDict):
 
     def regularizer(self, data_key: str | None = None) -> torch.Tensor:
         """``gamma_shifter`` × the L2 penalty of session ``data_key`` (optional with one session)."""
-        return self[_resolve_key(self, data_key)].regularizer() * self.gamma_shifter
+        return self[resolve_data_key(self.keys(), data_key, "shifter")].regularizer() * self.gamma_shifter
 
 
 class StaticAffine2d(nn.Linear):
@@ -223,17 +225,4 @@ class StaticAffine2dShifter(nn.ModuleDict):
 
     def regularizer(self, data_key: str | None = None) -> torch.Tensor:
         """``gamma_shifter`` × the mean squared weight of session ``data_key``."""
-        return self[_resolve_key(self, data_key)].regularizer() * self.gamma_shifter
-
-
-def _resolve_key(modules: nn.ModuleDict, data_key: str | None) -> str:
-    """The session to use: ``data_key``, or the only one when it is None."""
-    if data_key is None:
-        if len(modules) != 1:
-            raise ValueError(
-                f"data_key is required with several sessions; choose one of {list(modules.keys())}"
-            )
-        return next(iter(modules.keys()))
-    if data_key not in modules:
-        raise KeyError(f"unknown data_key {data_key!r}; known sessions: {list(modules.keys())}")
-    return data_key
+        return self[resolve_data_key(self.keys(), data_key, "shifter")].regularizer() * self.gamma_shifter

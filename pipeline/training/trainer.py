@@ -2,193 +2,81 @@
 
 ``standard_trainer(model, dataloaders, seed, ...) -> (score, output, state_dict)`` keeps sensorium's
 argument names and defaults (see its docstring); on top it calls ``cb(EpochRecord)`` after every
-epoch, can continue from ``EpochRecord.training_state()`` with ``resume_state=`` (bit-for-bit the
-same result on the CPU as an uninterrupted run), raises :class:`TrainingDivergedError` on a
-non-finite loss, and has a tqdm progress bar, bf16 autocast and ``torch.compile`` on GPUs.
+epoch (:mod:`pipeline.training.records`), can continue from ``EpochRecord.training_state()`` with
+``resume_state=`` (bit-for-bit the same result on the CPU as an uninterrupted run: everything that
+changes while training lives in a :class:`~pipeline.training.run.TrainingRun`), raises
+:class:`TrainingDivergedError` on a non-finite loss, and has a tqdm progress bar, bf16 autocast and
+``torch.compile`` on GPUs.
+
+The pieces: :class:`~pipeline.training.loss.BatchLoss` computes one batch's objective,
+:func:`_train_epoch` runs one epoch of optimiser steps, and :func:`standard_trainer` checks its
+arguments, builds the run and loops over epochs under early stopping.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import random
 import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline import measures
-from pipeline.measures import _split_batch
+from pipeline.contracts import is_tier_dict, resolve_device, tier_loaders
+from pipeline.measures import get_correlations, get_poisson_loss
 from pipeline.training.cyclers import LongCycler
 from pipeline.training.early_stopping import EarlyStopping, copy_state
-from pipeline.utils import resolve_device, set_seed
+from pipeline.training.loss import BatchLoss
+from pipeline.training.records import EpochRecord, StopTraining, TrainingDivergedError
+from pipeline.training.run import HISTORY_CURVES, TrainingRun
+from pipeline.utils import set_seed
 
-__all__ = ["standard_trainer", "EpochRecord", "StopTraining", "TrainingDivergedError"]
+__all__ = ["EpochRecord", "StopTraining", "TrainingDivergedError", "standard_trainer"]
 
-logger = logging.getLogger(__name__)
-
-_STATE_VERSION = 1
-_STOP_FUNCTIONS = ("get_correlations", "get_poisson_loss")
+#: the stop functions by their sensorium names (the validation measure early stopping follows)
+_STOP_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "get_correlations": get_correlations,
+    "get_poisson_loss": get_poisson_loss,
+}
 _LOSS_FUNCTIONS = ("PoissonLoss",)
 
 
-class StopTraining(Exception):
-    """Raise from a callback to end training cleanly after the current epoch (best state restored)."""
+# ----------------------------------------------------------------------------------------------------
+# one epoch
+# ----------------------------------------------------------------------------------------------------
 
 
-class TrainingDivergedError(ValueError):
-    """The training loss became NaN or infinite."""
+def _train_epoch(run: TrainingRun, batch_loss: BatchLoss, step_every: int, epoch: int) -> float:
+    """Train one epoch: an optimiser step every ``step_every`` batches. Returns the mean batch loss.
 
-
-@dataclass
-class EpochRecord:
-    """What the callback receives after every epoch.
-
-    Attributes:
-        epoch: the epoch just trained (1-based when training starts at ``epoch=0``).
-        train_loss: mean over the epoch's batches of the full objective (scaled loss + regularizers).
-        val_correlation: the stop-function value (mean validation correlation by default) when it
-            was evaluated this epoch, else None.
-        lr: the learning rate after this epoch's scheduler step.
-        seconds: wall time of this epoch, evaluation included.
-        best_epoch: the epoch with the best validation value so far.
-        best_val_correlation: that value.
-        done: True when this was the last epoch.
+    Raises:
+        TrainingDivergedError: a batch's loss was NaN/inf (named by epoch, session and batch).
     """
-
-    epoch: int
-    train_loss: float
-    val_correlation: float | None
-    lr: float
-    seconds: float
-    best_epoch: int
-    best_val_correlation: float
-    done: bool
-    _state_fn: Callable[[], dict[str, Any]] = field(repr=False, default=None)
-
-    def training_state(self) -> dict[str, Any]:
-        """The full state to resume from (model, optimiser, scheduler, early stopping, RNGs, loaders,
-        history); CPU tensors and plain Python values only, loadable with ``torch.load(weights_only=True)``.
-
-        Call it inside the callback: it snapshots the trainer's state at the time of the call.
-        """
-        return self._state_fn()
-
-
-# ----------------------------------------------------------------------------------------------------
-# RNG and loader state (for exact resume)
-# ----------------------------------------------------------------------------------------------------
-
-
-def _rng_state() -> dict[str, Any]:
-    np_name, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_cached),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _loader_generator(loader: Any) -> torch.Generator | None:
-    """The torch.Generator a loader shuffles with (``loader.generator`` or ``loader.sampler.generator``)."""
-    for owner in (loader, getattr(loader, "sampler", None)):
-        generator = getattr(owner, "generator", None)
-        if isinstance(generator, torch.Generator):
-            return generator
-    return None
-
-
-def _loader_state(loader: Any) -> Any:
-    """A loader's shuffling state: its ``state_dict()`` (our TensorLoader) or its generator's state."""
-    if callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None)):
-        return _to_cpu(loader.state_dict())
-    generator = _loader_generator(loader)
-    return None if generator is None else {"generator": generator.get_state().cpu()}
-
-
-def _set_loader_state(loader: Any, state: Any) -> None:
-    if callable(getattr(loader, "load_state_dict", None)):
-        loader.load_state_dict(state)
-        return
-    generator = _loader_generator(loader)
-    if generator is None:
-        raise ValueError("resume_state holds a shuffling state for a loader that has no generator")
-    generator.set_state(state["generator"])
-
-
-# ----------------------------------------------------------------------------------------------------
-# pieces of the objective
-# ----------------------------------------------------------------------------------------------------
-
-
-def _poisson_loss(output: torch.Tensor, target: torch.Tensor, avg: bool, eps: float = 1e-12) -> torch.Tensor:
-    loss = output - target * torch.log(output + eps)
-    return loss.mean() if avg else loss.sum()
-
-
-def _regularizer(model: nn.Module, data_key: str, detach_core: bool) -> torch.Tensor | float:
-    """Core (unless detach_core) + readout(data_key) + shifter/modulator(data_key) regularizers.
-
-    Sensorium adds only core and readout; the shifter and modulator terms are added here too (they
-    are zero with the default ``gamma_shifter=0``) so their regularization is not silently ignored.
-    """
-    core, readout = getattr(model, "core", None), getattr(model, "readout", None)
-    if core is None or readout is None:
-        if hasattr(model, "regularizer"):
-            return model.regularizer(data_key=data_key, detach_core=detach_core)
-        return 0.0
-    total = readout.regularizer(data_key)
-    if not detach_core and hasattr(core, "regularizer"):
-        total = total + core.regularizer()
-    for name in ("shifter", "modulator"):
-        part = getattr(model, name, None)
-        if part is not None and hasattr(part, "regularizer"):
-            total = total + part.regularizer(data_key=data_key)
-    return total
-
-
-def _check_loaders(dataloaders: Any) -> None:
-    if not isinstance(dataloaders, Mapping):
-        raise TypeError(
-            f"dataloaders must be a dict {{tier: {{data_key: loader}}}}, got {type(dataloaders).__name__}"
+    optimizer = run.optimizer
+    run.model.train()
+    losses, keys = [], []
+    optimizer.zero_grad()
+    for batch_no, (data_key, batch) in enumerate(LongCycler(run.train_loaders)):
+        loss = batch_loss(data_key, batch)
+        loss.backward()
+        if (batch_no + 1) % step_every == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+        # kept as tensors: one device sync per epoch instead of one per batch
+        losses.append(loss.detach())
+        keys.append(data_key)
+    batch_losses = torch.stack(losses)
+    finite = torch.isfinite(batch_losses)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise TrainingDivergedError(
+            f"the training loss became {batch_losses[first].item()} in epoch {epoch}, "
+            f"session {keys[first]!r}, batch {first} of the epoch: lower lr_init or check the data "
+            "for NaN/inf values"
         )
-    for tier in ("train", "validation"):
-        if tier not in dataloaders:
-            raise ValueError(f"dataloaders has no {tier!r} tier (tiers: {sorted(dataloaders)})")
-        if not isinstance(dataloaders[tier], Mapping) or not dataloaders[tier]:
-            raise ValueError(f"dataloaders[{tier!r}] must be a non-empty dict {{data_key: loader}}")
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return int(value)
+    return float(batch_losses.mean())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -232,8 +120,9 @@ def standard_trainer(
     """Train ``model`` with Adam, a Poisson loss, LR decay on plateaus and early stopping.
 
     Every optimiser step sees one batch of every session (:class:`LongCycler`); an epoch is
-    ``n_sessions × max(len(train loader))`` batches. A batch's loss is the Poisson loss (summed, or
-    averaged with ``avg_loss``) × sqrt(n_train / batch size) with ``scale_loss`` — n_train is
+    ``n_sessions × max(len(train loader))`` batches. A batch's loss (:mod:`pipeline.training.loss`)
+    is the Poisson loss (summed, or averaged with ``avg_loss``) × sqrt(n_train / batch size) with
+    ``scale_loss`` — n_train is
     ``len(loader.dataset)`` of the session's train loader, i.e. the *train-tier* trials (the peer
     library's dataset spans all tiers, so its factor is somewhat larger) — plus the core (unless
     ``detach_core``), readout, shifter and modulator regularizers of that session.
@@ -294,46 +183,133 @@ def standard_trainer(
         TrainingDivergedError: the loss became NaN/inf (names the epoch, session and batch).
         ValueError/TypeError: bad loaders or configuration.
     """
-    _check_loaders(dataloaders)
-    if loss_function not in _LOSS_FUNCTIONS:
-        raise ValueError(f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}")
-    if stop_function not in _STOP_FUNCTIONS:
-        raise ValueError(f"stop_function must be one of {_STOP_FUNCTIONS}, got {stop_function!r}")
-    if amp not in (None, "bf16"):
-        raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
-    if not (isinstance(lr_init, int | float) and lr_init > 0):
-        raise ValueError(f"lr_init must be a positive number, got {lr_init!r}")
-    if not 0 < lr_decay_factor < 1:
-        raise ValueError(f"lr_decay_factor must be in (0, 1), got {lr_decay_factor!r}")
-    if max_seconds is not None and max_seconds <= 0:
-        raise ValueError(f"max_seconds must be positive or None, got {max_seconds!r}")
-    n_sessions = len(dataloaders["train"])
-    step_every = (
-        n_sessions if loss_accum_batch_n is None else _positive_int("loss_accum_batch_n", loss_accum_batch_n)
+    train, validation, step_every = _check_arguments(
+        dataloaders,
+        loss_function,
+        stop_function,
+        amp,
+        lr_init,
+        lr_decay_factor,
+        max_seconds,
+        loss_accum_batch_n,
+        resume_state,
     )
-    if resume_state is not None:
-        if not isinstance(resume_state, dict) or resume_state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                "resume_state must be a dict from EpochRecord.training_state() (version mismatch)"
-            )
-
     dev = resolve_device(device)
     seed = set_seed(seed)
-    model.to(dev)
-    if dev.type == "cpu":
-        # oneDNN runs convolutions (depthwise ones above all) and their backward passes 2-3x faster
-        # with channels-last weights; only the layout changes, not the values
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    use_amp = amp == "bf16" and dev.type == "cuda"
-    forward_model = torch.compile(model) if compile and dev.type == "cuda" else model
-    train_loaders = dataloaders["train"]
-    validation = dataloaders["validation"]
-    stop_measure = getattr(measures, stop_function)
+    forward_model = _place_model(model, dev, compile)
+    stop_measure = _STOP_FUNCTIONS[stop_function]
 
     def objective(m: nn.Module) -> float:
         return float(stop_measure(m, validation, device=dev, per_neuron=False, avg=True))
 
+    run = _new_run(
+        model,
+        train,
+        objective,
+        seed,
+        lr_init=lr_init,
+        maximize=maximize,
+        lr_decay_factor=lr_decay_factor,
+        patience=patience,
+        tolerance=tolerance,
+        min_lr=min_lr,
+        interval=interval,
+        epoch=epoch,
+        max_iter=max_iter,
+        restore_best=restore_best,
+        lr_decay_steps=lr_decay_steps,
+        track_training=track_training,
+    )
+    stopper = run.stopper
+    if resume_state is not None:
+        run.load_state_dict(resume_state)
+    else:
+        run.begin()
+    use_amp = amp == "bf16" and dev.type == "cuda"
+    batch_loss = BatchLoss(
+        model=model,
+        forward_model=forward_model,
+        train_loaders=train,
+        device=dev,
+        avg_loss=avg_loss,
+        scale_loss=scale_loss,
+        detach_core=detach_core,
+        autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext,
+    )
+
+    bar = _progress_bar(progress and verbose, total=max_iter - epoch, initial=stopper.epoch - epoch, uid=uid)
+    try:
+        for current in stopper.epochs():
+            epoch_start = time.perf_counter()
+            train_loss = _train_epoch(run, batch_loss, step_every, current)
+            value = stopper.end_epoch(model)
+            if track_training:
+                run.record(
+                    val_poisson_loss=float(get_poisson_loss(model, validation, device=dev, per_neuron=False))
+                    if value is not None
+                    else None
+                )
+            lr = float(run.optimizer.param_groups[0]["lr"])
+            seconds = time.perf_counter() - epoch_start
+            run.record(train_loss=train_loss, val_correlation=value, lr=lr, epoch_seconds=seconds)
+            if max_seconds is not None and run.elapsed() >= max_seconds:
+                stopper.stop(model, "max_seconds")
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{train_loss:.4g}",
+                val=_fmt(value),
+                best=f"{stopper.best_objective:.4f}",
+                lr=f"{lr:.2g}",
+            )
+            if cb is not None:
+                record = EpochRecord(
+                    epoch=current,
+                    train_loss=train_loss,
+                    val_correlation=value,
+                    lr=lr,
+                    seconds=seconds,
+                    best_epoch=stopper.best_epoch,
+                    best_val_correlation=stopper.best_objective,
+                    done=stopper.done,
+                    _state_fn=run.state_dict,
+                )
+                if _callback_stops(cb, record):
+                    stopper.stop(model, "callback")
+        if not stopper.done:
+            stopper.stop(model, "max_iter")
+    finally:
+        bar.close()
+
+    model.eval()
+    score = float(objective(model))
+    output = _training_output(run, score, dev, seed, uid)
+    if return_test_score and "test" in dataloaders:
+        output["test_correlation"] = float(
+            get_correlations(model, dataloaders["test"], device=dev, per_neuron=False)
+        )
+    return score, output, copy_state(model)
+
+
+def _new_run(
+    model: nn.Module,
+    train: Mapping[str, Any],
+    objective: Callable[[nn.Module], float],
+    seed: int,
+    *,
+    lr_init: float,
+    maximize: bool,
+    lr_decay_factor: float,
+    patience: int,
+    tolerance: float,
+    min_lr: float,
+    interval: int,
+    epoch: int,
+    max_iter: int,
+    restore_best: bool,
+    lr_decay_steps: int,
+    track_training: bool,
+) -> TrainingRun:
+    """Adam, ``ReduceLROnPlateau`` on the objective and early stopping, held by a new :class:`TrainingRun`."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr_init)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
@@ -356,140 +332,16 @@ def standard_trainer(
         lr_decay_steps=lr_decay_steps,
         scheduler=scheduler,
     )
-    history: dict[str, list] = {"train_loss": [], "val_correlation": [], "lr": [], "epoch_seconds": []}
-    if track_training:
-        history["val_poisson_loss"] = []
-    previous_seconds = 0.0
+    curves = HISTORY_CURVES + ("val_poisson_loss",) * bool(track_training)
+    return TrainingRun(model, optimizer, scheduler, stopper, train, seed, curves)
 
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        stopper.load_state_dict(resume_state["early_stopping"])
-        for key, value in resume_state["history"].items():
-            history[key] = list(value)
-        previous_seconds = float(resume_state.get("seconds", 0.0))
-        for key, loader_state in resume_state.get("loaders", {}).items():
-            if key not in train_loaders:
-                raise ValueError(
-                    f"resume_state holds a loader state for session {key!r}, which has no train loader"
-                )
-            _set_loader_state(train_loaders[key], loader_state)
-        _set_rng_state(resume_state["rng"])  # last: nothing above may draw random numbers afterwards
-    else:
-        stopper.begin(model)
 
-    started = time.perf_counter()
-
-    def elapsed() -> float:
-        return previous_seconds + time.perf_counter() - started
-
-    def training_state() -> dict[str, Any]:
-        loader_states = {}
-        for key, loader in train_loaders.items():
-            loader_state = _loader_state(loader)
-            if loader_state is not None:
-                loader_states[key] = loader_state
-        return {
-            "version": _STATE_VERSION,
-            "epoch": stopper.epoch,
-            "seed": seed,
-            "model": copy_state(model),
-            "optimizer": _to_cpu(optimizer.state_dict()),
-            "scheduler": scheduler.state_dict(),
-            "early_stopping": stopper.state_dict(),
-            "rng": _rng_state(),
-            "loaders": loader_states,
-            "history": {key: list(value) for key, value in history.items()},
-            "seconds": elapsed(),
-        }
-
-    show_bar = progress and verbose
-    bar = _progress_bar(show_bar, total=max_iter - epoch, initial=stopper.epoch - epoch, uid=uid)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-    try:
-        for current in stopper.epochs():
-            epoch_start = time.perf_counter()
-            model.train()
-            losses, keys = [], []
-            optimizer.zero_grad()
-            for batch_no, (data_key, batch) in enumerate(LongCycler(train_loaders)):
-                images, responses, extra = _split_batch(batch)
-                kwargs = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}
-                with autocast():
-                    output = forward_model(
-                        images.to(dev), data_key=data_key, detach_core=detach_core, **kwargs
-                    )
-                loss = _poisson_loss(output.float(), responses.to(dev), avg=avg_loss)
-                if scale_loss:
-                    loss = loss * math.sqrt(len(train_loaders[data_key].dataset) / images.shape[0])
-                loss = loss + _regularizer(model, data_key, detach_core)
-                loss.backward()
-                if (batch_no + 1) % step_every == 0:
-                    optimizer.step()
-                    optimizer.zero_grad()
-                # kept as tensors: one device sync per epoch instead of one per batch
-                losses.append(loss.detach())
-                keys.append(data_key)
-            batch_losses = torch.stack(losses)
-            finite = torch.isfinite(batch_losses)
-            if not bool(finite.all()):
-                first = int((~finite).nonzero()[0, 0])
-                raise TrainingDivergedError(
-                    f"the training loss became {batch_losses[first].item()} in epoch {current}, "
-                    f"session {keys[first]!r}, batch {first} of the epoch: lower lr_init or check the data "
-                    "for NaN/inf values"
-                )
-            train_loss = float(batch_losses.mean())
-
-            value = stopper.end_epoch(model)
-            if track_training:
-                history["val_poisson_loss"].append(
-                    float(measures.get_poisson_loss(model, validation, device=dev, per_neuron=False))
-                    if value is not None
-                    else None
-                )
-            lr = float(optimizer.param_groups[0]["lr"])
-            seconds = time.perf_counter() - epoch_start
-            history["train_loss"].append(train_loss)
-            history["val_correlation"].append(value)
-            history["lr"].append(lr)
-            history["epoch_seconds"].append(seconds)
-            if max_seconds is not None and elapsed() >= max_seconds:
-                stopper.stop(model, "max_seconds")
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{train_loss:.4g}",
-                val=_fmt(value),
-                best=f"{stopper.best_objective:.4f}",
-                lr=f"{lr:.2g}",
-            )
-            if cb is not None:
-                record = EpochRecord(
-                    epoch=current,
-                    train_loss=train_loss,
-                    val_correlation=value,
-                    lr=lr,
-                    seconds=seconds,
-                    best_epoch=stopper.best_epoch,
-                    best_val_correlation=stopper.best_objective,
-                    done=stopper.done,
-                    _state_fn=training_state,
-                )
-                try:
-                    stop_requested = cb(record) is True
-                except StopTraining:
-                    stop_requested = True
-                if stop_requested:
-                    stopper.stop(model, "callback")
-        if not stopper.done:
-            stopper.stop(model, "max_iter")
-    finally:
-        bar.close()
-
-    model.eval()
-    score = float(objective(model))
-    output: dict[str, Any] = {key: list(value) for key, value in history.items()}
+def _training_output(
+    run: TrainingRun, score: float, device: torch.device, seed: int, uid: Any
+) -> dict[str, Any]:
+    """The trainer's JSON-able output: the learning curves and the facts of the run."""
+    stopper = run.stopper
+    output: dict[str, Any] = {key: list(value) for key, value in run.history.items()}
     output.update(
         epochs=stopper.epoch,
         best_epoch=stopper.best_epoch,
@@ -497,28 +349,77 @@ def standard_trainer(
         validation_corr=score,
         initial_val_correlation=stopper.initial_objective,
         stopped_by=stopper.reason,
-        seconds=elapsed(),
-        device=str(dev),
+        seconds=run.elapsed(),
+        device=str(device),
         seed=seed,
         uid=None if uid is None else str(uid),
-        n_parameters=sum(p.numel() for p in model.parameters()),
+        n_parameters=sum(p.numel() for p in run.model.parameters()),
     )
-    if return_test_score and "test" in dataloaders:
-        output["test_correlation"] = float(
-            measures.get_correlations(model, dataloaders["test"], device=dev, per_neuron=False)
+    return output
+
+
+def _check_arguments(
+    dataloaders: Any,
+    loss_function: str,
+    stop_function: str,
+    amp: str | None,
+    lr_init: Any,
+    lr_decay_factor: Any,
+    max_seconds: float | None,
+    loss_accum_batch_n: int | None,
+    resume_state: Any,
+) -> tuple[Mapping[str, Any], Mapping[str, Any], int]:
+    """Validate the configuration; return the train and validation tiers and the batches per step."""
+    if isinstance(dataloaders, Mapping) and not is_tier_dict(dataloaders):
+        raise ValueError(
+            "dataloaders must be the full dict {tier: {data_key: loader}} with 'train' and 'validation' "
+            f"tiers, got keys {sorted(dataloaders)}"
         )
-    return score, output, copy_state(model)
+    train = tier_loaders(dataloaders, "train")
+    validation = tier_loaders(dataloaders, "validation")
+    if loss_function not in _LOSS_FUNCTIONS:
+        raise ValueError(f"loss_function must be one of {_LOSS_FUNCTIONS}, got {loss_function!r}")
+    if stop_function not in _STOP_FUNCTIONS:
+        raise ValueError(f"stop_function must be one of {tuple(_STOP_FUNCTIONS)}, got {stop_function!r}")
+    if amp not in (None, "bf16"):
+        raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+    if not (isinstance(lr_init, int | float) and lr_init > 0):
+        raise ValueError(f"lr_init must be a positive number, got {lr_init!r}")
+    if not 0 < lr_decay_factor < 1:
+        raise ValueError(f"lr_decay_factor must be in (0, 1), got {lr_decay_factor!r}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds!r}")
+    step_every = (
+        len(train) if loss_accum_batch_n is None else _positive_int("loss_accum_batch_n", loss_accum_batch_n)
+    )
+    if resume_state is not None:
+        TrainingRun.check_state(resume_state)
+    return train, validation, step_every
 
 
-def _to_cpu(value: Any) -> Any:
-    """A copy of a nested dict/list structure with every tensor moved to the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def _place_model(model: nn.Module, device: torch.device, compile: bool) -> Callable[..., torch.Tensor]:
+    """Move ``model`` to ``device`` in train mode; return what runs its training forward pass."""
+    model.to(device)
+    if device.type == "cpu":
+        # oneDNN runs convolutions (depthwise ones above all) and their backward passes 2-3x faster
+        # with channels-last weights; only the layout changes, not the values
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    return torch.compile(model) if compile and device.type == "cuda" else model
+
+
+def _callback_stops(cb: Callable[[EpochRecord], Any], record: EpochRecord) -> bool:
+    """Call the callback; True when it asks to stop (returns True or raises StopTraining)."""
+    try:
+        return cb(record) is True
+    except StopTraining:
+        return True
 
 
 def _fmt(value: float | None) -> str:

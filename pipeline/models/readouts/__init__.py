@@ -1,5 +1,7 @@
 """Readouts: map core features (B, C, H, W) to neuron responses (B, N), one readout per session."""
 
+from pipeline.contracts import UnknownDataKeyError
+
 from .base import ConfigurationError, Readout, clamp_straight_through
 from .factorized import FullFactorized2d, FullSXF, SpatialXFeatureLinear
 from .gaussian import FullGaussian2d, Gaussian2d
@@ -11,7 +13,6 @@ from .multi import (
     MultiplePointPooled2d,
     MultiReadoutBase,
     MultiReadoutSharedParametersBase,
-    UnknownDataKeyError,
 )
 from .point_pooled import PointPooled2d
 

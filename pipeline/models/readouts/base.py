@@ -12,7 +12,7 @@ import abc
 import logging
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -24,15 +24,36 @@ __all__ = [
     "FeatureL1Readout",
     "Readout",
     "Reduction",
+    "NEURON_PARAMETER_KEYS",
+    "NeuronPosition",
     "clamp_straight_through",
-    "match_id_index",
 ]
 
 logger = logging.getLogger(__name__)
 
 Reduction = Literal["sum", "mean"] | None
 
-NEURON_PARAMETER_KEYS = ("mu_x", "mu_y", "sigma_x", "sigma_y", "sigma_xy", "feature_norm", "bias", "features")
+
+class NeuronPosition(NamedTuple):
+    """Where each neuron reads the core, as (N,) float64 arrays in grid units [-1, 1] (x along the
+    width, y along the height); NaN where a readout does not define a value.
+
+    Attributes:
+        mu_x, mu_y: the position (the mean of a Gaussian, a point, the peak of a factorized mask).
+        sigma_x, sigma_y, sigma_xy: the spread: standard deviations and covariance (of the sampling
+            Gaussian, or of |mask| for factorized readouts).
+    """
+
+    mu_x: np.ndarray
+    mu_y: np.ndarray
+    sigma_x: np.ndarray
+    sigma_y: np.ndarray
+    sigma_xy: np.ndarray
+
+
+#: the keys of every ``Readout.neuron_parameters()`` dict, in order: the position, then the L2 norm
+#: of each neuron's feature vector, its bias (N,) float64 and its features (N, C) float32
+NEURON_PARAMETER_KEYS = (*NeuronPosition._fields, "feature_norm", "bias", "features")
 
 
 class ConfigurationError(ValueError):
@@ -50,28 +71,6 @@ def clamp_straight_through(
     """
     clamped = x.clamp(min=min, max=max)
     return x + (clamped - x).detach()
-
-
-def match_id_index(match_ids: Any, outdims: int, what: str) -> tuple[int, torch.Tensor]:
-    """Map per-neuron match ids to rows of a shared parameter.
-
-    Args:
-        match_ids: (N,) ids; neurons with equal ids share a row (within or across sessions).
-        outdims: number of neurons N (checked against ``match_ids``).
-        what: name of the shared thing, for error messages.
-
-    Returns:
-        (number of unique ids U, LongTensor (N,) with each neuron's row in the sorted unique ids).
-    """
-    if match_ids is None:
-        raise ConfigurationError(f"match_ids must be given to share the {what}")
-    ids = np.asarray(match_ids).reshape(-1)
-    if ids.size != outdims:
-        raise ValueError(
-            f"match_ids for the shared {what} must have one entry per neuron ({outdims}), got {ids.size}"
-        )
-    unique, inverse = np.unique(ids, return_inverse=True)
-    return len(unique), torch.from_numpy(inverse.reshape(-1).astype(np.int64))
 
 
 def _check_in_shape(in_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -156,7 +155,9 @@ class Readout(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def neuron_parameters(self) -> dict[str, np.ndarray]:
-        """Per-neuron parameters as numpy arrays (see docs/INTERFACES.md)."""
+        """Per-neuron parameters: ``{key: array}`` for every key of :data:`NEURON_PARAMETER_KEYS`
+        (the :class:`NeuronPosition` arrays, ``feature_norm`` and ``bias`` (N,) float64, ``features``
+        (N, C) float32; see docs/INTERFACES.md)."""
 
     # ------------------------------------------------------------------ shared helpers
     def check_input(self, x: torch.Tensor) -> tuple[int, int, int, int]:
@@ -307,14 +308,21 @@ class Readout(nn.Module, abc.ABC):
             y = y + bias
         return y
 
-    def _base_neuron_parameters(self, features: torch.Tensor) -> dict[str, np.ndarray]:
-        """Fill ``feature_norm``, ``bias`` and ``features`` from effective features (N, C)."""
+    def _neuron_parameters(
+        self, position: NeuronPosition, features: torch.Tensor, bias: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The :meth:`neuron_parameters` dict (keys :data:`NEURON_PARAMETER_KEYS`).
+
+        Args:
+            position: the (N,) position and spread arrays.
+            features: the effective features (N, C).
+            bias: (N,) biases; default this readout's ``bias`` (NaN without one).
+        """
         feats = features.detach().to("cpu", torch.float32)
-        return {
-            "feature_norm": _as_float64(feats.double().norm(dim=1)),
-            "bias": _as_float64(self.bias) if self.bias is not None else np.full(self.outdims, np.nan),
-            "features": feats.numpy().copy(),
-        }
+        if bias is None:
+            bias = _as_float64(self.bias) if self.bias is not None else np.full(self.outdims, np.nan)
+        values = (*position, _as_float64(feats.double().norm(dim=1)), bias, feats.numpy().copy())
+        return dict(zip(NEURON_PARAMETER_KEYS, values, strict=True))
 
     # ------------------------------------------------------------------ repr
     def _repr_prefix(self) -> str:

@@ -15,7 +15,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from .base import ConfigurationError, Readout, Reduction, clamp_straight_through, match_id_index
+from .base import NeuronPosition, Readout, Reduction, clamp_straight_through
+from .sharing import SharedFeatures
 
 __all__ = ["FullFactorized2d", "FullSXF", "SpatialXFeatureLinear", "factorized_readout"]
 
@@ -142,7 +143,7 @@ def factorized_readout(
     return _FactorizedReadout.apply(x2, mask, features, bool(normalize), bool(clamp_mask))
 
 
-class FullFactorized2d(Readout):
+class FullFactorized2d(SharedFeatures, Readout):
     """Factorized (spatial mask x features) readout.
 
     Args:
@@ -194,27 +195,8 @@ class FullFactorized2d(Readout):
         self.register_bias(bias)
         self.initialize(mean_activity)
 
-    def _init_features(self, match_ids=None, shared_features: nn.Parameter | None = None) -> None:
-        c = self.in_shape[0]
-        self._original_features = True
-        self._shared_features = match_ids is not None
-        if match_ids is None:
-            if shared_features is not None:
-                raise ConfigurationError("shared_features needs match_ids")
-            self._features = nn.Parameter(torch.empty(self.outdims, c))
-            return
-        n_unique, index = match_id_index(match_ids, self.outdims, "features")
-        if shared_features is not None:
-            if tuple(shared_features.shape) != (n_unique, c):
-                raise ValueError(
-                    f"shared_features must have shape ({n_unique}, {c}), got {tuple(shared_features.shape)}"
-                )
-            self._features = shared_features
-            self._original_features = False
-        else:
-            self._features = nn.Parameter(torch.empty(n_unique, c))
-        self.scales = nn.Parameter(torch.empty(self.outdims, 1))
-        self.register_buffer("feature_sharing_index", index)
+    def _feature_shape(self, rows: int, channels: int) -> tuple[int, ...]:
+        return (rows, channels)
 
     def initialize(self, mean_activity=None) -> None:
         """Masks and features ~ N(0, init_noise); bias = mean activity or 0."""
@@ -226,16 +208,10 @@ class FullFactorized2d(Readout):
             if not self.spatial.is_meta:
                 self.spatial.normal_(0, self.init_noise)
                 self._features.normal_(0, self.init_noise)
-            if self._shared_features:
-                self.scales.fill_(1.0)
+            self._initialize_scales()
         self.initialize_bias(mean_activity)
 
     # ------------------------------------------------------------------ effective weights
-    @property
-    def shared_features(self) -> nn.Parameter:
-        """The feature Parameter another readout can share."""
-        return self._features
-
     def _effective_features(self, index: torch.Tensor | None = None) -> torch.Tensor:
         if self._shared_features:
             rows = self.feature_sharing_index if index is None else self.feature_sharing_index[index]
@@ -349,7 +325,7 @@ class FullFactorized2d(Readout):
         ys, xs = _grid_coordinates(height), _grid_coordinates(width)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         xx, yy = xx.reshape(-1), yy.reshape(-1)
-        out = {key: np.empty(self.outdims) for key in ("mu_x", "mu_y", "sigma_x", "sigma_y", "sigma_xy")}
+        position = NeuronPosition(*(np.empty(self.outdims) for _ in NeuronPosition._fields))
         with torch.no_grad():
             for start in range(0, self.outdims, chunk):
                 index = torch.arange(start, min(start + chunk, self.outdims))
@@ -360,20 +336,15 @@ class FullFactorized2d(Readout):
                 mean_x, mean_y = (p * xx).sum(1), (p * yy).sum(1)
                 dx, dy = xx - mean_x[:, None], yy - mean_y[:, None]
                 sl = slice(start, start + len(index))
-                out["mu_x"][sl] = xx[peak].numpy()
-                out["mu_y"][sl] = yy[peak].numpy()
-                out["sigma_x"][sl] = (p * dx * dx).sum(1).sqrt().numpy()
-                out["sigma_y"][sl] = (p * dy * dy).sum(1).sqrt().numpy()
-                out["sigma_xy"][sl] = (p * dx * dy).sum(1).numpy()
-            out.update(self._base_neuron_parameters(self.neuron_features()))
-        return out
+                position.mu_x[sl] = xx[peak].numpy()
+                position.mu_y[sl] = yy[peak].numpy()
+                position.sigma_x[sl] = (p * dx * dx).sum(1).sqrt().numpy()
+                position.sigma_y[sl] = (p * dy * dy).sum(1).sqrt().numpy()
+                position.sigma_xy[sl] = (p * dx * dy).sum(1).numpy()
+            return self._neuron_parameters(position, self.neuron_features())
 
     def _repr_extras(self) -> str:
-        text = ""
-        if self._shared_features:
-            text += ", with {} features".format("original" if self._original_features else "shared")
-        text += ", normalized" if self.normalize else ", unnormalized"
-        return text
+        return self._features_repr() + (", normalized" if self.normalize else ", unnormalized")
 
 
 class SpatialXFeatureLinear(FullFactorized2d):

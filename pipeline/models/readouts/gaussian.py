@@ -19,11 +19,12 @@ from torch import nn
 from .base import (
     ConfigurationError,
     FeatureL1Readout,
+    NeuronPosition,
     Reduction,
     _as_float64,
     clamp_straight_through,
-    match_id_index,
 )
+from .sharing import SharedFeatures, shared_parameter
 
 __all__ = ["FullGaussian2d", "Gaussian2d"]
 
@@ -162,18 +163,17 @@ class Gaussian2d(_GaussianReadout):
         """mu_x, mu_y, sigma_x, sigma_y (sigma_xy = 0), feature_norm, bias, features."""
         mu = self.grid.detach().reshape(self.outdims, 2)
         sigma = self.sigma.detach().clamp(min=0).reshape(self.outdims, 2)
-        params = {
-            "mu_x": _as_float64(mu[:, 0]),
-            "mu_y": _as_float64(mu[:, 1]),
-            "sigma_x": _as_float64(sigma[:, 0]),
-            "sigma_y": _as_float64(sigma[:, 1]),
-            "sigma_xy": np.zeros(self.outdims),
-        }
-        params.update(self._base_neuron_parameters(self.neuron_features()))
-        return params
+        position = NeuronPosition(
+            mu_x=_as_float64(mu[:, 0]),
+            mu_y=_as_float64(mu[:, 1]),
+            sigma_x=_as_float64(sigma[:, 0]),
+            sigma_y=_as_float64(sigma[:, 1]),
+            sigma_xy=np.zeros(self.outdims),
+        )
+        return self._neuron_parameters(position, self.neuron_features())
 
 
-class FullGaussian2d(_GaussianReadout):
+class FullGaussian2d(SharedFeatures, _GaussianReadout):
     """Gaussian readout with a full, diagonal or isotropic covariance per neuron.
 
     Args:
@@ -295,45 +295,20 @@ class FullGaussian2d(_GaussianReadout):
         self._predicted_grid = True
 
     def _init_shared_grid(self, match_ids=None, shared_grid: nn.Parameter | None = None) -> None:
-        n_unique, index = match_id_index(match_ids, self.outdims, "grid")
-        if shared_grid is not None:
-            if tuple(shared_grid.shape) != (1, n_unique, 1, 2):
-                raise ValueError(
-                    f"shared_grid must have shape (1, {n_unique}, 1, 2), got {tuple(shared_grid.shape)}"
-                )
-            self._mu = shared_grid
-            self._original_grid = False
+        self._mu, index, self._original_grid = shared_parameter(
+            match_ids, self.outdims, "grid", lambda rows: (1, rows, 1, 2), shared_grid
+        )
+        if not self._original_grid:
             # a per-session affine map of the shared positions, starting at the identity
             self.mu_transform = nn.Linear(2, 2)
             with torch.no_grad():
                 self.mu_transform.bias.zero_()
                 self.mu_transform.weight.copy_(torch.eye(2))
-        else:
-            self._mu = nn.Parameter(torch.empty(1, n_unique, 1, 2))
         self.register_buffer("grid_sharing_index", index)
         self._shared_grid = True
 
-    def _init_features(self, match_ids=None, shared_features: nn.Parameter | None = None) -> None:
-        c = self.in_shape[0]
-        self._original_features = True
-        self._shared_features = match_ids is not None
-        if match_ids is None:
-            if shared_features is not None:
-                raise ConfigurationError("shared_features needs match_ids")
-            self._features = nn.Parameter(torch.empty(1, c, 1, self.outdims))
-            return
-        n_unique, index = match_id_index(match_ids, self.outdims, "features")
-        if shared_features is not None:
-            if tuple(shared_features.shape) != (1, c, 1, n_unique):
-                raise ValueError(
-                    f"shared_features must have shape (1, {c}, 1, {n_unique}), got {tuple(shared_features.shape)}"
-                )
-            self._features = shared_features
-            self._original_features = False
-        else:
-            self._features = nn.Parameter(torch.empty(1, c, 1, n_unique))
-        self.scales = nn.Parameter(torch.empty(1, 1, 1, self.outdims))
-        self.register_buffer("feature_sharing_index", index)
+    def _feature_shape(self, rows: int, channels: int) -> tuple[int, ...]:
+        return (1, channels, 1, rows)
 
     def initialize(self, mean_activity=None) -> None:
         """mu ~ U(±init_mu_range), sigma per ``gauss_type``, features 1/C, bias = mean activity or 0.
@@ -351,16 +326,10 @@ class FullGaussian2d(_GaussianReadout):
                 self.sigma.fill_(self.init_sigma)
             if self._original_features:
                 self._features.fill_(1.0 / self.in_shape[0])
-            if self._shared_features:
-                self.scales.fill_(1.0)
+            self._initialize_scales()
         self.initialize_bias(mean_activity)
 
     # ------------------------------------------------------------------ properties
-    @property
-    def shared_features(self) -> nn.Parameter:
-        """The feature Parameter another readout can share."""
-        return self._features
-
     @property
     def shared_grid(self) -> nn.Parameter:
         """The position Parameter another readout can share."""
@@ -443,23 +412,20 @@ class FullGaussian2d(_GaussianReadout):
         with torch.no_grad():
             mu = self.grid.reshape(self.outdims, 2)
             cov = self.covariance().double()
-        params = {
-            "mu_x": _as_float64(mu[:, 0]),
-            "mu_y": _as_float64(mu[:, 1]),
-            "sigma_x": _as_float64(cov[:, 0, 0].sqrt()),
-            "sigma_y": _as_float64(cov[:, 1, 1].sqrt()),
-            "sigma_xy": _as_float64(cov[:, 0, 1]),
-        }
-        params.update(self._base_neuron_parameters(self.neuron_features()))
-        return params
+        position = NeuronPosition(
+            mu_x=_as_float64(mu[:, 0]),
+            mu_y=_as_float64(mu[:, 1]),
+            sigma_x=_as_float64(cov[:, 0, 0].sqrt()),
+            sigma_y=_as_float64(cov[:, 1, 1].sqrt()),
+            sigma_xy=_as_float64(cov[:, 0, 1]),
+        )
+        return self._neuron_parameters(position, self.neuron_features())
 
     def _repr_prefix(self) -> str:
         return self.gauss_type + " "
 
     def _repr_extras(self) -> str:
-        text = ""
-        if self._shared_features:
-            text += ", with {} features".format("original" if self._original_features else "shared")
+        text = self._features_repr()
         if self._predicted_grid:
             text += ", with predicted grid"
         if self._shared_grid:

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import ConfigurationError, Readout, Reduction
+from pipeline.contracts import UnknownDataKeyError, resolve_data_key
+
+from .base import ConfigurationError, NeuronPosition, Readout, Reduction
 from .factorized import FullFactorized2d
 from .gaussian import FullGaussian2d, Gaussian2d
 from .point_pooled import PointPooled2d
@@ -34,13 +36,6 @@ __all__ = [
 
 # keyword arguments consumed by the multi-readout itself, never passed to a session's readout
 _MULTI_ONLY_KWARGS = ("source_grids", "shared_match_ids", "grid_mean_predictor_type", "loader", "loaders")
-
-
-class UnknownDataKeyError(KeyError, ValueError):
-    """A ``data_key`` that names no session of the multi-readout (a KeyError and a ValueError)."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes around it
-        return str(self.args[0]) if self.args else ""
 
 
 class ClonedReadout(Readout):
@@ -102,30 +97,16 @@ class ClonedReadout(Readout):
 
     def neuron_parameters(self) -> dict[str, np.ndarray]:
         """The source's parameters with effective features ``alpha * f`` and bias ``alpha * b + beta``."""
-        params = dict(self._source.neuron_parameters())
+        source = self._source.neuron_parameters()
+        position = NeuronPosition(*(source[key] for key in NeuronPosition._fields))
         alpha = self.alpha.detach().cpu()
         beta = self.beta.detach().cpu().double().numpy()
-        features = torch.from_numpy(params["features"]) * alpha[:, None]
-        params["features"] = features.numpy()
-        params["feature_norm"] = features.double().norm(dim=1).numpy()
-        source_bias = params["bias"]
-        params["bias"] = np.where(np.isnan(source_bias), 0.0, source_bias) * alpha.double().numpy() + beta
-        return params
+        features = torch.from_numpy(source["features"]) * alpha[:, None]
+        bias = np.where(np.isnan(source["bias"]), 0.0, source["bias"]) * alpha.double().numpy() + beta
+        return self._neuron_parameters(position, features, bias=bias)
 
     def __repr__(self) -> str:
         return f"ClonedReadout of {self._source!r}"
-
-
-def _resolve_data_key(module: nn.ModuleDict, data_key: str | None) -> str:
-    if data_key is None:
-        if len(module) == 1:
-            return next(iter(module.keys()))
-        raise ValueError(f"data_key is required with several sessions; choose one of {list(module.keys())}")
-    if data_key not in module:
-        raise UnknownDataKeyError(
-            f"unknown data_key {data_key!r}; the readout has sessions {list(module.keys())}"
-        )
-    return data_key
 
 
 class MultiReadoutBase(nn.ModuleDict):
@@ -219,7 +200,7 @@ class MultiReadoutBase(nn.ModuleDict):
 
     def forward(self, *args: Any, data_key: str | None = None, **kwargs: Any) -> torch.Tensor:
         """Run session ``data_key``'s readout (optional with one session); returns (B, N_session)."""
-        return self[_resolve_data_key(self, data_key)](*args, **kwargs)
+        return self[resolve_data_key(self.keys(), data_key, "readout")](*args, **kwargs)
 
     def initialize(self, mean_activity_dict: Mapping[str, Any] | None = None) -> None:
         """Re-initialise every session's readout (biases from ``mean_activity_dict`` when given)."""
@@ -233,11 +214,13 @@ class MultiReadoutBase(nn.ModuleDict):
         """Session ``data_key``'s readout regularizer; with several sessions and no key, their sum."""
         if data_key is None and len(self) > 1:
             return sum(r.regularizer(reduction=reduction, average=average) for r in self.values())
-        return self[_resolve_data_key(self, data_key)].regularizer(reduction=reduction, average=average)
+        return self[resolve_data_key(self.keys(), data_key, "readout")].regularizer(
+            reduction=reduction, average=average
+        )
 
     def neuron_parameters(self, data_key: str | None = None) -> dict[str, np.ndarray]:
         """Per-neuron parameters of session ``data_key`` (see ``Readout.neuron_parameters``)."""
-        return self[_resolve_data_key(self, data_key)].neuron_parameters()
+        return self[resolve_data_key(self.keys(), data_key, "readout")].neuron_parameters()
 
 
 class MultiReadoutSharedParametersBase(MultiReadoutBase):

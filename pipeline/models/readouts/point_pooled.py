@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import FeatureL1Readout, _as_float64, clamp_straight_through
+from .base import FeatureL1Readout, NeuronPosition, _as_float64, clamp_straight_through
 
 __all__ = ["PointPooled2d"]
 
@@ -141,15 +141,14 @@ class PointPooled2d(FeatureL1Readout):
         """mu_x, mu_y (the point), sigma_* = NaN, feature_norm, bias, features."""
         grid = self.grid.detach().clamp(-1, 1).reshape(self.outdims, 2)
         nan = np.full(self.outdims, np.nan)
-        params = {
-            "mu_x": _as_float64(grid[:, 0]),
-            "mu_y": _as_float64(grid[:, 1]),
-            "sigma_x": nan.copy(),
-            "sigma_y": nan.copy(),
-            "sigma_xy": nan.copy(),
-        }
-        params.update(self._base_neuron_parameters(self.neuron_features()))
-        return params
+        position = NeuronPosition(
+            mu_x=_as_float64(grid[:, 0]),
+            mu_y=_as_float64(grid[:, 1]),
+            sigma_x=nan.copy(),
+            sigma_y=nan.copy(),
+            sigma_xy=nan.copy(),
+        )
+        return self._neuron_parameters(position, self.neuron_features())
 
     def _repr_extras(self) -> str:
         return f" and pooling for {self._pool_steps} steps\n"
