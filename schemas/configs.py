@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import getpass
 import itertools
-import os
+import json
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -19,8 +19,18 @@ import datajoint as dj
 from pipeline.builder import canonical_config, config_hash, plain_config, validate_config
 
 from ._schema import schema
+from .settings import current_settings
 
-__all__ = ["Dataset", "Experiments", "Fabrikant", "Model", "Seed", "Trainer", "default_fabrikant"]
+__all__ = [
+    "Dataset",
+    "Experiments",
+    "Fabrikant",
+    "Model",
+    "Seed",
+    "Trainer",
+    "config_dict",
+    "default_fabrikant",
+]
 
 FN_LENGTH = 128
 
@@ -63,11 +73,11 @@ def default_fabrikant() -> dict[str, str]:
         user = getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (some containers)
         user = "unknown"
-    name = os.environ.get("SYSID_FABRIKANT", user)[:32]
+    settings = current_settings()
     return {
-        "fabrikant_name": name,
-        "email": os.environ.get("SYSID_EMAIL", f"{user}@{socket.gethostname()}")[:128],
-        "affiliation": os.environ.get("SYSID_AFFILIATION", "")[:128],
+        "fabrikant_name": (settings.fabrikant or user)[:32],
+        "email": (settings.email or f"{user}@{socket.gethostname()}")[:128],
+        "affiliation": (settings.affiliation or "")[:128],
         "dj_username": user[:64],
     }
 
@@ -152,14 +162,12 @@ class ConfigTable:
         """Return ``(fn, config)`` of the one row matching ``key``."""
         role = cls._role
         row = (cls() & dict(key)).fetch1(f"{role}_fn", f"{role}_config")
-        return row[0], _as_dict(row[1])
+        return row[0], config_dict(row[1])
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    """json columns come back as dicts (or JSON text on some drivers)."""
+def config_dict(value: Any) -> dict[str, Any]:
+    """A config as a dict: ``json`` columns come back as dicts, or as JSON text on some drivers."""
     if isinstance(value, str):
-        import json
-
         return json.loads(value)
     return dict(value or {})
 

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .settings import current_settings
+
 __all__ = ["connection_settings", "default_data_dir", "start", "status", "stop"]
 
 #: the PostgreSQL role created by ``initdb`` in the embedded cluster (trust authentication)
@@ -25,9 +27,9 @@ def default_data_dir() -> Path:
     ``$SYSID_HOME/pgdata`` when the environment variable ``SYSID_HOME`` is set, otherwise
     ``platformdirs.user_data_dir("visual-sysid")/pgdata``.
     """
-    home = os.environ.get("SYSID_HOME")
-    if home:
-        return Path(home).expanduser().resolve() / "pgdata"
+    home = current_settings().home
+    if home is not None:
+        return home.resolve() / "pgdata"
     import platformdirs
 
     return Path(platformdirs.user_data_dir("visual-sysid")).resolve() / "pgdata"

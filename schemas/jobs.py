@@ -11,8 +11,12 @@ from typing import Any
 
 import pandas as pd
 
-from .connection import active_connection, backend_of
-from .trained_model import TrainedModel, TrainingProgress, clear_stop, request_stop, stop_requested
+from . import _dj_compat
+from .binding import computed_tables
+from .connection import active_connection
+from .requeue import release_orphaned_jobs
+from .stopping import clear_stop, request_stop, stop_requested
+from .training import TrainingTable
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +24,6 @@ __all__ = [
     "clear_orphaned_reservations",
     "clear_stop",
     "computed_tables",
-    "declare_jobs_tables",
     "errors",
     "has_work",
     "ignore_errors",
@@ -32,89 +35,6 @@ __all__ = [
     "stop_requested",
 ]
 
-#: job states that keep a key from being computed by populate (besides the key being done)
-_BLOCKING_STATES = ("reserved", "error", "ignore")
-
-# table instances of the bound schema, reused across polls: an instance caches its key_source,
-# its jobs table object and the headings behind them, which DataJoint otherwise reloads (dozens of
-# queries) for every new instance. Keyed by (database, id(connection)) so that rebinding rebuilds it.
-_table_cache: dict[str, Any] = {"binding": None, "tables": None}
-
-
-def computed_tables() -> dict[str, Any]:
-    """The populated tables in populate order: ``{name: table instance}``.
-
-    The instances are cached for the bound schema and connection (they are unrestricted; restrict
-    them with ``&``, which makes new objects). :func:`schemas.activate` to another schema or
-    connection makes new ones.
-    """
-    from ._schema import schema
-    from .downstream import DataInfo, NeuronScore, ReadoutParameters
-
-    binding = (schema.database, id(schema.connection))
-    tables = _table_cache["tables"]
-    if tables is None or _table_cache["binding"] != binding:
-        tables = {
-            "DataInfo": DataInfo(),
-            "TrainedModel": TrainedModel(),
-            "NeuronScore": NeuronScore(),
-            "ReadoutParameters": ReadoutParameters(),
-        }
-        _table_cache.update(binding=binding, tables=tables)
-    return dict(tables)
-
-
-def forget_tables() -> None:
-    """Drop the cached table instances of :func:`computed_tables` (after dropping the schema)."""
-    _table_cache.update(binding=None, tables=None)
-
-
-def _declared_type(table, attribute: str) -> str:
-    """The type ``attribute`` was declared with in the table that introduces it (following foreign keys).
-
-    DataJoint reads an inherited attribute back with its SQL type only (``integer``, ``int``), not
-    the core type of the parent's definition (``int32``).
-    """
-    heading_attribute = table.heading[attribute]
-    if heading_attribute.original_type:
-        return heading_attribute.original_type
-    for parent, props in table.parents(primary=True, as_objects=True, foreign_key_info=True):
-        parent_attribute = props.get("attr_map", {}).get(attribute)
-        if parent_attribute is not None:
-            return _declared_type(parent, parent_attribute)
-    return heading_attribute.type
-
-
-def declare_jobs_tables() -> list[str]:
-    """Create the jobs table of every computed table now (DataJoint creates them lazily otherwise).
-
-    :func:`schemas.activate` calls this under its server-side lock: workers that populate a fresh
-    schema at the same time would otherwise race to create the same jobs table (``DuplicateError``
-    on its index). Key columns are declared with the core types of the tables that introduce them
-    (``seed : int32``): DataJoint's own definition uses the SQL type read back from the database and
-    logs "Native type 'integer' is used in attribute 'seed'" for every jobs table it creates.
-
-    Returns:
-        The names of the tables whose jobs table was created here.
-    """
-    from datajoint.jobs import Job
-
-    created = []
-    for name, table in computed_tables().items():
-        job = Job(table)
-        if not job.is_declared:
-            lines = []
-            for line in job.definition.splitlines():
-                attribute, _, sql_type = (part.strip() for part in line.partition(" : "))
-                if sql_type and attribute in table.primary_key:
-                    line = f"    {attribute} : {_declared_type(table, attribute)}"
-                lines.append(line)
-            job._definition = "\n".join(lines)
-            job.declare()
-            created.append(name)
-        table._jobs = job
-    return created
-
 
 def has_work(table, restriction=None) -> bool:
     """Whether ``table.populate(restriction, reserve_jobs=True)`` may find a key to compute.
@@ -123,15 +43,7 @@ def has_work(table, restriction=None) -> bool:
     failed or ignored in the jobs table. Pending jobs scheduled for later count as work (populate
     then finds none), so this never hides work from a worker.
     """
-    from datajoint.condition import Not
-
-    todo = table._jobs_to_do(_restrict(restriction)) - table.proj()
-    blocked = table.jobs & f"status in ({', '.join(repr(s) for s in _BLOCKING_STATES)})"
-    return bool(todo.restrict(Not(blocked), semantic_check=False))
-
-
-def _restrict(restriction) -> tuple:
-    return () if restriction is None else (restriction,)
+    return bool(_dj_compat.unblocked_keys(table, restriction))
 
 
 def populate_all(
@@ -152,13 +64,15 @@ def populate_all(
         display_progress: show progress bars.
 
     With ``reserve_jobs`` a table is populated only when :func:`has_work` finds keys for it, so an
-    idle poll costs four COUNT queries.
+    idle poll costs four COUNT queries. Each job logs its start and end
+    (:mod:`schemas.job_events`).
 
     Returns:
         ``{table name: {"success_count": int, "error_list": [...]}}``; ``"interrupted": True`` is
         added to a table's entry when a stop request ended it (later tables are then skipped).
     """
     results: dict[str, dict] = {}
+    restrictions = () if restriction is None else (restriction,)
     for name, table in computed_tables().items():
         if stop_requested():
             break
@@ -166,58 +80,26 @@ def populate_all(
             # an idle poll costs one COUNT per table instead of a job refresh and a pending scan
             results[name] = {"success_count": 0, "error_list": []}
             continue
-        result = table.populate(
-            *_restrict(restriction),
+        results[name] = table.populate(
+            *restrictions,
             reserve_jobs=reserve_jobs,
             max_calls=max_calls,
             suppress_errors=suppress_errors,
             display_progress=display_progress,
         )
-        results[name] = result
     return results
-
-
-def _live_connection_ids() -> set[int]:
-    """Connection ids the server knows now (MySQL process list ids / PostgreSQL backend pids)."""
-    conn = active_connection()
-    if backend_of(conn) == "postgresql":
-        rows = conn.query("SELECT pid FROM pg_stat_activity").fetchall()
-    else:
-        rows = conn.query("SELECT ID FROM information_schema.PROCESSLIST").fetchall()
-    return {int(row[0]) for row in rows}
 
 
 def clear_orphaned_reservations() -> int:
     """Re-pend reserved jobs whose database connection no longer exists (their worker died).
 
-    A job's ``connection_id`` is the reserving session's id (MySQL ``CONNECTION_ID()``, PostgreSQL
-    backend pid); a worker that was killed loses its connection, so its reservation is orphaned.
-    Live workers' reservations are left alone whatever their age.
+    Live workers' reservations are left alone whatever their age (see
+    :func:`schemas.requeue.release_orphaned_jobs`).
 
     Returns:
         The number of jobs put back into the queue.
     """
-    live = _live_connection_ids()
-    count = 0
-    for table in computed_tables().values():
-        jobs = table.jobs
-        if not jobs.is_declared:
-            continue
-        for row in (jobs & "status='reserved'").to_dicts():
-            if int(row["connection_id"]) in live:
-                continue
-            key = {k: row[k] for k in jobs.primary_key}
-            (jobs & key).delete_quick()
-            jobs.insert1({**key, "status": "pending", "priority": int(row["priority"])})
-            count += 1
-            logger.info(
-                "re-pended orphaned job %s of %s (host %s, pid %s)",
-                key,
-                type(table).__name__,
-                row["host"],
-                row["pid"],
-            )
-    return count
+    return release_orphaned_jobs(computed_tables().values(), active_connection())
 
 
 def job_status() -> pd.DataFrame:
@@ -230,7 +112,7 @@ def job_status() -> pd.DataFrame:
     rows = []
     for name, table in computed_tables().items():
         remaining, total = table.progress()
-        counts = table.jobs.progress()
+        counts = _dj_compat.count_jobs(table)
         rows.append(
             {
                 "table": name,
@@ -243,37 +125,34 @@ def job_status() -> pd.DataFrame:
 
 
 def running_jobs() -> pd.DataFrame:
-    """Trained models being trained now: keys, host, pid, reservation time, latest epoch and validation correlation.
+    """Models being trained now: keys, host, pid, reservation time, latest epoch and validation correlation.
 
     Returns:
-        One row per reserved TrainedModel job (empty DataFrame with these columns when none).
+        One row per reserved job of every training table (empty DataFrame with these columns when none).
     """
-    jobs = TrainedModel().jobs
-    columns = [
-        *TrainedModel().primary_key,
-        "host",
-        "pid",
-        "connection_id",
-        "reserved_time",
-        "epoch",
-        "val_correlation",
-    ]
+    columns: list[str] = []
     rows = []
-    for job in (jobs & "status='reserved'").to_dicts():
-        key = {k: job[k] for k in TrainedModel().primary_key}
-        progress = (TrainingProgress() & key).to_dicts(order_by="epoch DESC", limit=1)
-        latest = progress[0] if progress else {}
-        rows.append(
-            {
-                **key,
-                "host": job["host"],
-                "pid": job["pid"],
-                "connection_id": job["connection_id"],
-                "reserved_time": job["reserved_time"],
-                "epoch": latest.get("epoch"),
-                "val_correlation": latest.get("val_correlation"),
-            }
-        )
+    for table in computed_tables().values():
+        if not isinstance(table, TrainingTable):
+            continue
+        key_names = list(table.primary_key)
+        columns += [name for name in key_names if name not in columns]
+        for job in _dj_compat.job_rows(table, "reserved"):
+            key = {k: job[k] for k in key_names}
+            progress = (table.progress_table() & key).to_dicts(order_by="epoch DESC", limit=1)
+            latest = progress[0] if progress else {}
+            rows.append(
+                {
+                    **key,
+                    "host": job["host"],
+                    "pid": job["pid"],
+                    "connection_id": job["connection_id"],
+                    "reserved_time": job["reserved_time"],
+                    "epoch": latest.get("epoch"),
+                    "val_correlation": latest.get("val_correlation"),
+                }
+            )
+    columns += ["host", "pid", "connection_id", "reserved_time", "epoch", "val_correlation"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -285,9 +164,8 @@ def errors(table: str | None = None) -> pd.DataFrame:
     """
     frames = []
     for name, instance in _selected(table).items():
-        rows = (instance.jobs & "status='error'").to_dicts()
+        rows = _dj_compat.job_rows(instance, "error")
         for row in rows:
-            row.pop("error_stack", None)
             row["table"] = name
         if rows:
             frames.append(pd.DataFrame(rows))
@@ -314,12 +192,7 @@ def retry_errors(table: str | None = None) -> int:
     Returns:
         How many error records were cleared.
     """
-    count = 0
-    for instance in _selected(table).values():
-        failed = instance.jobs & "status='error'"
-        count += len(failed)
-        failed.delete_quick()
-    return count
+    return sum(_dj_compat.delete_jobs(instance, "error") for instance in _selected(table).values())
 
 
 def ignore_errors(table: str | None = None, restriction=None) -> int:
@@ -334,10 +207,7 @@ def ignore_errors(table: str | None = None, restriction=None) -> int:
     """
     count = 0
     for instance in _selected(table).values():
-        failed = instance.jobs & "status='error'"
-        if restriction is not None:
-            failed = failed & restriction
-        for key in failed.keys():
-            instance.jobs.ignore(key)
+        for row in _dj_compat.job_rows(instance, "error", restriction):
+            _dj_compat.ignore_job(instance, _dj_compat.job_key(instance, row))
             count += 1
     return count

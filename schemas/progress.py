@@ -1,72 +1,54 @@
-"""Live training progress: per-epoch rows, resumable checkpoints and the stop request.
+"""Live training progress: per-epoch rows and resumable checkpoints, for any training table.
 
-While ``TrainedModel.make_compute`` trains, :class:`ProgressRecorder` (the trainer's callback)
-writes one ``TrainingProgress`` row per epoch and every ``SYSID_CHECKPOINT_EVERY`` epochs (default
-1) replaces the key's ``Checkpoint`` row. These tables reference the config tables, not
-TrainedModel: its row does not exist until training has finished.
+While a training table's ``make_compute`` trains, :class:`ProgressRecorder` (the trainer's
+callback) writes one progress row per epoch and every ``SYSID_CHECKPOINT_EVERY`` epochs (default
+1) replaces the key's checkpoint row. These tables are keyed like the training table but reference
+its parents, not the table itself: its row does not exist until training has finished.
+
+A training table keyed by other parents gets its own pair, declared like the two below from
+:func:`progress_definition` and :func:`checkpoint_definition` with its key.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import socket
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import datajoint as dj
 
+from pipeline.contracts import finite_or_none
+
 from . import state_io
 from ._schema import schema
 from .configs import Dataset, Model, Seed, Trainer  # noqa: F401  (used in the definitions)
 from .connection import backend_of
+from .stopping import stop_requested
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RECORD_COLUMNS",
+    "TRAINED_MODEL_KEY_DEFINITION",
     "Checkpoint",
     "ProgressRecorder",
-    "TrainingInterrupted",
     "TrainingProgress",
-    "clear_stop",
-    "request_stop",
-    "stop_requested",
+    "checkpoint_definition",
+    "delete_present",
+    "latest_checkpoint",
+    "progress_definition",
+    "replace_row",
 ]
 
 #: share of MySQL's max_allowed_packet a checkpoint may use (escaped bytes can grow on the wire)
 MYSQL_PACKET_SHARE = 0.5
-_stop_event = threading.Event()
 
+#: the fields of the trainer's epoch record (``pipeline.training.EpochRecord``) stored as columns
+RECORD_COLUMNS = ("train_loss", "val_correlation", "lr", "seconds")
 
-def request_stop() -> None:
-    """Ask the running training to checkpoint and stop; its job goes back to the queue.
-
-    Safe to call from a signal handler. The flag stays set (so a worker loop can exit) until
-    :func:`clear_stop`.
-    """
-    _stop_event.set()
-
-
-def clear_stop() -> None:
-    """Reset the stop flag set by :func:`request_stop`."""
-    _stop_event.clear()
-
-
-def stop_requested() -> bool:
-    """Whether :func:`request_stop` was called (and not cleared)."""
-    return _stop_event.is_set()
-
-
-class TrainingInterrupted(SystemExit):
-    """Training stopped on request; the job is released, nothing is inserted.
-
-    A ``SystemExit`` so that DataJoint's populate loop ends instead of starting the next key.
-    """
-
-
-_KEY_DEFINITION = """
+#: the key of TrainedModel (and of its progress and checkpoint rows): one trained model per combination
+TRAINED_MODEL_KEY_DEFINITION = """
     -> Model
     -> Dataset
     -> Trainer
@@ -74,11 +56,11 @@ _KEY_DEFINITION = """
 """
 
 
-@schema
-class TrainingProgress(dj.Manual):
-    definition = f"""
+def progress_definition(key_definition: str) -> str:
+    """The definition of a progress table for a training table keyed by ``key_definition``."""
+    return f"""
     # per-epoch progress of a training run (written while it trains; kept as the learning curve)
-    {_KEY_DEFINITION}
+    {key_definition}
     epoch: int32
     ---
     train_loss=null: float64
@@ -90,11 +72,11 @@ class TrainingProgress(dj.Manual):
     """
 
 
-@schema
-class Checkpoint(dj.Manual):
-    definition = f"""
+def checkpoint_definition(key_definition: str) -> str:
+    """The definition of a checkpoint table for a training table keyed by ``key_definition``."""
+    return f"""
     # latest resumable training state of an unfinished run (removed when the run is stored)
-    {_KEY_DEFINITION}
+    {key_definition}
     ---
     epoch: int32
     state: bytes                   # torch.save of EpochRecord.training_state()
@@ -104,38 +86,47 @@ class Checkpoint(dj.Manual):
     """
 
 
-def _number(value: Any) -> float | None:
-    """A finite float, or None (SQL NULL) for None/NaN/inf."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+@schema
+class TrainingProgress(dj.Manual):
+    definition = progress_definition(TRAINED_MODEL_KEY_DEFINITION)
 
 
-def _checkpoint_every() -> int:
-    raw = os.environ.get("SYSID_CHECKPOINT_EVERY", "1")
-    try:
-        every = int(raw)
-    except ValueError:
-        raise ValueError(f"SYSID_CHECKPOINT_EVERY must be a positive integer, got {raw!r}") from None
-    if every < 1:
-        raise ValueError(f"SYSID_CHECKPOINT_EVERY must be a positive integer, got {raw!r}")
-    return every
+@schema
+class Checkpoint(dj.Manual):
+    definition = checkpoint_definition(TRAINED_MODEL_KEY_DEFINITION)
 
 
 class ProgressRecorder:
     """The training callback: progress rows every epoch, checkpoints every ``every`` epochs.
 
     Returns True (stop training cleanly) once a stop was requested, after writing a checkpoint.
+
+    Args:
+        key: the training table's key of the run.
+        connection: the DataJoint connection (progress rows are written outside any transaction).
+        every: checkpoint every this many epochs.
+        progress_table, checkpoint_table: the tables to write (those of the training table).
+
+    The record passed to the callback must have the attributes ``epoch`` and
+    :data:`RECORD_COLUMNS` and a ``training_state()`` method (``pipeline.training.EpochRecord``):
+    a record without one is an error, not a row of NULLs.
     """
 
-    def __init__(self, key: Mapping[str, Any], connection, every: int = 1):
+    def __init__(
+        self,
+        key: Mapping[str, Any],
+        connection,
+        every: int = 1,
+        progress_table: type = TrainingProgress,
+        checkpoint_table: type = Checkpoint,
+    ):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
         self.key = dict(key)
         self.connection = connection
         self.every = every
+        self.progress_table = progress_table
+        self.checkpoint_table = checkpoint_table
         self.calls = 0
         self.last_epoch: int | None = None
         self.host = socket.gethostname()
@@ -149,16 +140,11 @@ class ProgressRecorder:
         row = {
             **self.key,
             "epoch": epoch,
-            "train_loss": _number(getattr(record, "train_loss", None)),
-            "val_correlation": _number(getattr(record, "val_correlation", None)),
-            "lr": _number(getattr(record, "lr", None)),
-            "seconds": _number(getattr(record, "seconds", None)),
+            **{name: finite_or_none(getattr(record, name)) for name in RECORD_COLUMNS},
             "host": self.host,
         }
-        progress = TrainingProgress()
-        with self.connection.transaction:
-            (progress & {**self.key, "epoch": epoch}).delete_quick()  # a resumed run rewrites its epochs
-            progress.insert1(row)
+        # a resumed run rewrites its epochs
+        replace_row(self.progress_table, {**self.key, "epoch": epoch}, row, self.connection)
         stop = stop_requested()
         if stop or self.calls % self.every == 0:
             self.save_checkpoint(record)
@@ -176,8 +162,6 @@ class ProgressRecorder:
 
     def save_checkpoint(self, record) -> None:
         """Replace the key's checkpoint with ``record.training_state()``."""
-        if not hasattr(record, "training_state"):
-            return
         data = state_io.to_bytes(record.training_state())
         if len(data) > self.checkpoint_limit():
             if not self.checkpoint_too_large:
@@ -189,8 +173,33 @@ class ProgressRecorder:
                 )
             self.checkpoint_too_large = True
             return
-        checkpoint = Checkpoint()
         row = {**self.key, "epoch": int(record.epoch), "state": data, "nbytes": len(data), "host": self.host}
-        with self.connection.transaction:
-            (checkpoint & self.key).delete_quick()
-            checkpoint.insert1(row)
+        replace_row(self.checkpoint_table, self.key, row, self.connection)
+
+
+def delete_present(query) -> None:
+    """Delete the rows of ``query`` if there are any.
+
+    On MySQL/MariaDB a DELETE that matches no row still locks the gap where the row would be; two
+    workers that then insert into the same gap deadlock (error 1213). A plain read first avoids
+    the lock when there is nothing to delete.
+    """
+    if query:
+        query.delete_quick()
+
+
+def replace_row(table: type, key: Mapping[str, Any], row: Mapping[str, Any], connection) -> None:
+    """Write ``row`` as the one row of ``key`` in ``table`` (replacing an earlier one), in one transaction."""
+    with connection.transaction:
+        delete_present(table() & dict(key))
+        table().insert1(dict(row))
+
+
+def latest_checkpoint(checkpoint_table: type, key: Mapping[str, Any]) -> tuple[Any, int | None]:
+    """Return ``(training_state, epoch)`` of the key's checkpoint, or ``(None, None)``."""
+    rows = (checkpoint_table() & dict(key)).to_dicts()
+    if not rows:
+        return None, None
+    row = rows[0]
+    logger.info("resuming %s from the checkpoint of epoch %s", dict(key), row["epoch"])
+    return state_io.from_bytes(row["state"]), int(row["epoch"])

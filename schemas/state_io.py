@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import platform
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +11,6 @@ import numpy as np
 __all__ = [
     "from_bytes",
     "numpy_to_torch",
-    "git_commit",
-    "package_versions",
     "plain_output",
     "state_nbytes",
     "state_to_numpy",
@@ -78,38 +72,3 @@ def plain_output(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that determine a trained model's result."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for name in ("visual-sysid", "torch", "numpy", "datajoint"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_commit() -> str | None:
-    """The commit of the source checkout this code runs from (``SYSID_GIT_COMMIT`` overrides), or None."""
-    env = os.environ.get("SYSID_GIT_COMMIT")
-    if env:
-        return env[:40]
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit[:40] if commit else None

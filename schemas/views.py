@@ -1,131 +1,137 @@
 """Flat SQL views over the pipeline tables, so SQL users never decode DataJoint's table naming.
 
-``trained_models_view``: one row per trained model (config keys, score, time, host, summary scores).
-``neurons_view``: one row per trained model and neuron (keys, session, unit id, cortical position,
-readout parameters and per-tier scores).
+For a training table and its score and readout tables (a :class:`ViewSet`):
+
+* ``trained_models_view``: one row per trained model (keys, score, time, host, summary scores);
+* ``neurons_view``: one row per trained model and neuron (keys, session, unit id, cortical
+  position, readout parameters and per-tier scores).
 
 Plain ``CREATE VIEW`` statements valid on MySQL 8 / MariaDB and PostgreSQL; aggregations carry key
-columns only (MariaDB's ONLY_FULL_GROUP_BY), and are joined afterwards.
+columns only (MariaDB's ONLY_FULL_GROUP_BY), and are joined afterwards. Every column name comes
+from the tables' own definitions (key columns from their headings, score names from
+``NEURON_SCORE_NAMES``, readout names from ``NEURON_PARAMETER_KEYS``). This module imports no table:
+:mod:`schemas.binding` passes them in. :func:`neurons` reads ``neurons_view`` into pandas (the
+reports use it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["NEURON_VIEW", "TRAINED_MODEL_VIEW", "create_views", "drop_views"]
+import pandas as pd
+
+from ._dj_compat import quote_identifier
+from .columns import DATASET_KEY, SCALAR_PARAMETERS, SUMMARY_COLUMNS, neuron_score_columns
+from .connection import active_connection, schema_name
+
+__all__ = ["NEURON_VIEW", "TRAINED_MODEL_VIEW", "ViewSet", "create_views", "drop_views", "neurons"]
 
 TRAINED_MODEL_VIEW = "trained_models_view"
 NEURON_VIEW = "neurons_view"
 
-_MODEL_KEY = ("dataset_fn", "dataset_hash", "model_fn", "model_hash", "trainer_fn", "trainer_hash", "seed")
+#: the neuron columns of the views (besides the keys), from ``DataInfo.Neuron``
+_NEURON_COLUMNS = ("neuron_index", "area", "layer", "cortex_x", "cortex_y", "cortex_z")
+#: the columns of a training table shown in its models view
+_RUN_COLUMNS = ("score", "seconds", "host", "device", "state_nbytes", "git_commit")
 
 
-def _view_statements(connection, database: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class ViewSet:
+    """The two views of one training table.
+
+    Attributes:
+        models_view, neurons_view: the views' names.
+        trained: the training table (:class:`schemas.training.TrainingTable`).
+        scores: its score table (:class:`schemas.neuron_scores.NeuronScoreTable`, with part ``Unit``).
+        readouts: its readout table (:class:`schemas.readout_parameters.ReadoutParametersTable`).
+        data_info: the ``DataInfo`` table (part ``Neuron``).
+    """
+
+    models_view: str
+    neurons_view: str
+    trained: type
+    scores: type
+    readouts: type
+    data_info: type
+
+    def names(self) -> tuple[str, str]:
+        return (self.models_view, self.neurons_view)
+
+
+def _view_statements(connection, database: str, views: ViewSet) -> dict[str, str]:
     """The SELECT of each view, with identifiers quoted for the connection's backend."""
-    from .downstream import DataInfo, NeuronScore, ReadoutParameters
-    from .trained_model import TrainedModel
+    q = quote_identifier(connection)
 
-    q = connection.adapter.quote_identifier
-    # SQL names of the tables DataJoint declared (e.g. "__trained_model")
-    names = {
-        "trained_model": TrainedModel.table_name,
-        "neuron_score": NeuronScore.table_name,
-        "neuron_score_unit": NeuronScore.Unit.table_name,
-        "readout_unit": ReadoutParameters.Unit.table_name,
-        "neuron": DataInfo.Neuron.table_name,
-    }
+    def table(cls) -> str:
+        return f"{q(database)}.{q(cls.table_name)}"
 
-    def table(name: str) -> str:
-        return f"{q(database)}.{q(names[name])}"
-
-    def on(left: str, right: str, columns=_MODEL_KEY) -> str:
+    def on(left: str, right: str, columns) -> str:
         return " AND ".join(f"{left}.{q(c)} = {right}.{q(c)}" for c in columns)
 
-    key_cols = ", ".join(f"t.{q(c)}" for c in _MODEL_KEY)
+    def columns(alias: str, names: Iterable[str]) -> str:
+        return ", ".join(f"{alias}.{q(c)}" for c in names)
+
+    trained_key = list(views.trained().primary_key)
+    # the dataset first, then the rest of the key (as the columns read best)
+    model_key = [*DATASET_KEY, *(c for c in trained_key if c not in DATASET_KEY)]
+    neuron_key = [c for c in views.data_info.Neuron().primary_key if c not in DATASET_KEY]
+    run_columns = (*_RUN_COLUMNS, views.trained.timestamp_column)
     trained = f"""
-        SELECT {key_cols}, t.{q("score")}, t.{q("seconds")}, t.{q("host")}, t.{q("device")},
-               t.{q("state_nbytes")}, t.{q("git_commit")}, t.{q("trainedmodel_ts")},
-               s.{q("train_correlation")}, s.{q("validation_correlation")}, s.{q("test_correlation")},
-               s.{q("test_correlation_to_average")}, s.{q("test_feve")}, s.{q("fraction_oracle")}
-        FROM {table("trained_model")} t
-        LEFT JOIN {table("neuron_score")} s ON {on("t", "s")}
+        SELECT {columns("t", model_key)}, {columns("t", run_columns)},
+               {columns("s", SUMMARY_COLUMNS)}
+        FROM {table(views.trained)} t
+        LEFT JOIN {table(views.scores)} s ON {on("t", "s", model_key)}
     """
-    neuron_key = (*_MODEL_KEY, "data_key", "unit_id")
 
     def pivot(tier: str, column: str) -> str:
         return f"MAX(CASE WHEN u.{q('tier')} = '{tier}' THEN u.{q(column)} END) AS {q(f'{tier}_{column}')}"
 
-    pivots = ",\n               ".join(
-        [
-            pivot("train", "correlation"),
-            pivot("validation", "correlation"),
-            pivot("test", "correlation"),
-            pivot("test", "correlation_to_average"),
-            pivot("test", "fev"),
-            pivot("test", "feve"),
-            pivot("test", "oracle"),
-        ]
-    )
-    group_cols = ", ".join(f"u.{q(c)}" for c in neuron_key)
+    pivots = ",\n               ".join(pivot(tier, name) for tier, name in neuron_score_columns())
+    group_cols = columns("u", (*model_key, *neuron_key))
     scores = f"""
         SELECT {group_cols},
                {pivots}
-        FROM {table("neuron_score_unit")} u
+        FROM {table(views.scores.Unit)} u
         GROUP BY {group_cols}
     """
-    score_columns = [
-        "train_correlation",
-        "validation_correlation",
-        "test_correlation",
-        "test_correlation_to_average",
-        "test_fev",
-        "test_feve",
-        "test_oracle",
-    ]
-    readout_columns = [
-        "readout_type",
-        "mu_x",
-        "mu_y",
-        "sigma_x",
-        "sigma_y",
-        "sigma_xy",
-        "feature_norm",
-        "bias",
-    ]
+    score_columns = [f"{tier}_{name}" for tier, name in neuron_score_columns()]
     neurons = f"""
-        SELECT {key_cols}, n.{q("data_key")}, n.{q("unit_id")}, n.{q("neuron_index")}, n.{q("area")},
-               n.{q("layer")}, n.{q("cortex_x")}, n.{q("cortex_y")}, n.{q("cortex_z")},
-               {", ".join(f"r.{q(c)}" for c in readout_columns)},
-               {", ".join(f"s.{q(c)}" for c in score_columns)}
-        FROM {table("trained_model")} t
-        JOIN {table("neuron")} n ON {on("t", "n", ("dataset_fn", "dataset_hash"))}
-        LEFT JOIN {table("readout_unit")} r
-               ON {on("t", "r")} AND {on("n", "r", ("data_key", "unit_id"))}
+        SELECT {columns("t", model_key)}, {columns("n", (*neuron_key, *_NEURON_COLUMNS))},
+               {columns("r", ("readout_type", *SCALAR_PARAMETERS))},
+               {columns("s", score_columns)}
+        FROM {table(views.trained)} t
+        JOIN {table(views.data_info.Neuron)} n ON {on("t", "n", DATASET_KEY)}
+        LEFT JOIN {table(views.readouts.Unit)} r
+               ON {on("t", "r", model_key)} AND {on("n", "r", neuron_key)}
         LEFT JOIN ({scores}) s
-               ON {on("t", "s")} AND {on("n", "s", ("data_key", "unit_id"))}
+               ON {on("t", "s", model_key)} AND {on("n", "s", neuron_key)}
     """
-    return {TRAINED_MODEL_VIEW: trained, NEURON_VIEW: neurons}
+    return {views.models_view: trained, views.neurons_view: neurons}
 
 
-def create_views(connection, database: str) -> None:
-    """Create (or replace) the views in ``database`` (a MySQL database / PostgreSQL schema).
+def create_views(connection, database: str, view_sets: Iterable[ViewSet]) -> None:
+    """Create (or replace) the views of every view set in ``database`` (a MySQL database / PostgreSQL schema).
 
     Safe when several workers activate at once: a failed replace is retried after the view was
     dropped, and a view another process has just created is accepted.
     """
-    q = connection.adapter.quote_identifier
-    for name, select in _view_statements(connection, database).items():
-        view = f"{q(database)}.{q(name)}"
-        try:
-            connection.query(f"CREATE OR REPLACE VIEW {view} AS {select}")
-        except Exception:  # PostgreSQL cannot replace a view whose columns changed; races between workers
-            time.sleep(0.2)
+    q = quote_identifier(connection)
+    for views in view_sets:
+        for name, select in _view_statements(connection, database, views).items():
+            view = f"{q(database)}.{q(name)}"
             try:
-                connection.query(f"DROP VIEW IF EXISTS {view}")
-                connection.query(f"CREATE VIEW {view} AS {select}")
-            except Exception:
-                if not _view_exists(connection, database, name):
-                    raise
+                connection.query(f"CREATE OR REPLACE VIEW {view} AS {select}")
+            except Exception:  # PostgreSQL cannot replace a view whose columns changed; races between workers
+                time.sleep(0.2)
+                try:
+                    connection.query(f"DROP VIEW IF EXISTS {view}")
+                    connection.query(f"CREATE VIEW {view} AS {select}")
+                except Exception:
+                    if not _view_exists(connection, database, name):
+                        raise
 
 
 def _view_exists(connection, database: str, name: str) -> bool:
@@ -136,8 +142,45 @@ def _view_exists(connection, database: str, name: str) -> bool:
     return bool(rows[0][0])
 
 
-def drop_views(connection, database: str) -> None:
-    """Drop the views from ``database`` if they exist."""
-    q = connection.adapter.quote_identifier
-    for name in (TRAINED_MODEL_VIEW, NEURON_VIEW):
-        connection.query(f"DROP VIEW IF EXISTS {q(database)}.{q(name)}")
+def drop_views(connection, database: str, view_sets: Iterable[ViewSet]) -> None:
+    """Drop the views of every view set from ``database`` if they exist."""
+    q = quote_identifier(connection)
+    for views in view_sets:
+        for name in views.names():
+            connection.query(f"DROP VIEW IF EXISTS {q(database)}.{q(name)}")
+
+
+def neurons(key: Mapping[str, Any] | None = None, view: str = NEURON_VIEW) -> pd.DataFrame:
+    """One row per trained model and neuron, read from ``neurons_view`` of the active schema.
+
+    Args:
+        key: column values every row must have, e.g. a trained model's key (None: every row).
+        view: the view to read (the neurons view of another training table).
+
+    Returns:
+        The view's columns: the model key, ``data_key``, ``unit_id``, cortical position, readout
+        parameters and ``<tier>_<score>`` columns (empty DataFrame with those columns when no row
+        matches).
+
+    Raises:
+        ValueError: a key column the view does not have.
+    """
+    conn = active_connection()
+    q = quote_identifier(conn)
+    where, args = "", []
+    if key:
+        known = _view_columns(conn, view)
+        unknown = [c for c in key if c not in known]
+        if unknown:
+            raise ValueError(f"{view} has no column(s) {unknown}; columns: {known}")
+        where = " WHERE " + " AND ".join(f"{q(c)} = %s" for c in key)
+        args = [value.item() if hasattr(value, "item") else value for value in key.values()]
+    cursor = conn.query(f"SELECT * FROM {q(schema_name())}.{q(view)}{where}", args=args)
+    names = [d[0] for d in cursor.description]
+    return pd.DataFrame([tuple(row) for row in cursor.fetchall()], columns=names)
+
+
+def _view_columns(conn, view: str) -> list[str]:
+    q = quote_identifier(conn)
+    cursor = conn.query(f"SELECT * FROM {q(schema_name())}.{q(view)} WHERE 1 = 0")
+    return [d[0] for d in cursor.description]

@@ -1,15 +1,15 @@
 """The ``sysid`` command line: database, registration, workers, status, results, reports and the demo.
 
 Every command reads the database settings from the environment (``DJ_HOST``, ``DJ_USER``,
-``DJ_PASS``, ``DJ_PORT``, ``DJ_BACKEND``); without ``DJ_HOST`` it uses the embedded PostgreSQL
-server in ``$SYSID_HOME`` (started on first use). ``SYSID_SCHEMA_PREFIX`` picks the schema.
-Errors print one line (``SYSID_DEBUG=1`` shows the traceback) and exit non-zero.
+``DJ_PASS``, ``DJ_PORT``, ``DJ_BACKEND``; all settings: :mod:`schemas.settings` and the README's
+"Settings"); without ``DJ_HOST`` it uses the embedded PostgreSQL server in ``$SYSID_HOME``
+(started on first use). ``SYSID_SCHEMA_PREFIX`` picks the schema. Errors print one line
+(``SYSID_DEBUG=1`` shows the traceback) and exit non-zero.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,12 +32,22 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             raise click.exceptions.Exit(130) from None
         except Exception as err:
-            if os.environ.get("SYSID_DEBUG"):
+            if _debug():
                 raise
             message = str(err) or type(err).__name__
             if not isinstance(err, (ValueError, FileNotFoundError, ConnectionError)):
                 message = f"{type(err).__name__}: {message}"
             raise click.ClickException(message) from None
+
+
+def _debug() -> bool:
+    """``SYSID_DEBUG``: show tracebacks (a malformed value counts as on: the user wants to debug)."""
+    from schemas.settings import SettingsError, current_settings
+
+    try:
+        return current_settings().debug
+    except SettingsError:
+        return True
 
 
 def _console():
@@ -159,16 +169,16 @@ def db_status() -> None:
       sysid db status
     """
     from schemas import embedded
-
-    from .database import uses_embedded
+    from schemas.settings import current_settings
 
     state = embedded.status()
     running = "running" if state["running"] else ("stopped" if state["initialized"] else "not created yet")
     click.echo(f"embedded PostgreSQL: {running} (data: {state['data_dir']})")
-    if uses_embedded():
+    settings = current_settings()
+    if settings.uses_embedded:
         click.echo("commands use: the embedded server (DJ_HOST is not set)")
     else:
-        click.echo(f"commands use: DJ_HOST={os.environ['DJ_HOST']} (the embedded server is not used)")
+        click.echo(f"commands use: DJ_HOST={settings.host} (the embedded server is not used)")
 
 
 @db.command("url", context_settings=CONTEXT)
@@ -188,6 +198,7 @@ def db_url(sql: bool) -> None:
       psql "$(sysid db url --sql)"
     """
     from schemas import embedded
+    from schemas.settings import current_settings
 
     from .database import export_lines
 
@@ -197,7 +208,7 @@ def db_url(sql: bool) -> None:
         return
     for line in export_lines(settings):
         click.echo(line)
-    prefix = os.environ.get("SYSID_SCHEMA_PREFIX", "sysid_")
+    prefix = current_settings().schema_prefix
     click.echo(f"# SQL clients: psql '{settings['url']}'   (tables in schema {prefix}pipeline)")
 
 
@@ -476,10 +487,10 @@ def results(
       sysid results --filter "score > 0.2 and seed == 1"
       sysid results --filter "`model.layers` == 2" --csv results.csv
     """
-    from .results import flatten_configs, results_table, select_rows
+    from .results import results_table, select_rows
 
     schemas = _activate()
-    table = flatten_configs(schemas.results())
+    table = schemas.results()
     table = select_rows(table, filter_expr=filter_expr, sort=sort_by, ascending=ascending)
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -525,7 +536,7 @@ def report(key: str | None, best: bool, out_dir: Path) -> None:
     schemas = _activate()
     data = fetch_report_data(schemas, parse_key_argument(key) if key else None)
     paths = write_report(out_dir, neurons=data.neurons, progress=data.progress, title=data.title)
-    from .worker import describe_key
+    from schemas.job_events import describe_key
 
     click.echo(f"model: {describe_key(data.key)}  score {data.score:.3f}")
     for path in paths:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from collections.abc import Mapping
 from typing import Any
+
+from schemas.settings import current_settings
 
 __all__ = ["activate", "export_lines", "quiet_datajoint", "uses_embedded"]
 
@@ -25,38 +26,26 @@ def quiet_datajoint() -> None:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     import logging
 
-    import datajoint  # noqa: F401  (its import resets its logger's level: import it first)
+    from schemas import _dj_compat  # imports datajoint, which resets its logger's level: first
 
-    dj_logger = logging.getLogger("datajoint")
     # "connected to ..." on every command is noise; warnings stay
-    dj_logger.setLevel(logging.WARNING)
-    # DataJoint warns about the table definitions it reads back from PostgreSQL on every
-    # connection (a schemas-layer detail users cannot act on)
-    if not any(getattr(f, "_sysid", False) for f in dj_logger.filters):
-        native_type = _NativeTypeFilter()
-        dj_logger.addFilter(native_type)
-
-
-class _NativeTypeFilter:
-    """Drops DataJoint's "Native type ... is used" warnings (emitted on every connection)."""
-
-    _sysid = True
-
-    def filter(self, record) -> bool:
-        return not record.getMessage().startswith("Native type")
+    logging.getLogger("datajoint").setLevel(logging.WARNING)
+    _dj_compat.quiet_native_type_warnings()
 
 
 def uses_embedded() -> bool:
     """True when no ``DJ_HOST`` is configured, i.e. the embedded PostgreSQL server is used."""
-    return not os.environ.get("DJ_HOST")
+    return current_settings().uses_embedded
 
 
-def activate():
+def activate(prefix: str | None = None):
     """Connect to the configured database and bind the pipeline tables; return the ``schemas`` package.
 
-    The database comes from ``DJ_HOST``/``DJ_USER``/``DJ_PASS``/``DJ_PORT``/``DJ_BACKEND``, or the
-    embedded server (``SYSID_HOME``) when ``DJ_HOST`` is unset; the schema prefix from
-    ``SYSID_SCHEMA_PREFIX``.
+    The database comes from the ``DJ_*`` settings, or the embedded server (``SYSID_HOME``) when
+    ``DJ_HOST`` is unset (see the README's "Settings").
+
+    Args:
+        prefix: the schema prefix; default ``SYSID_SCHEMA_PREFIX``.
 
     Raises:
         ConnectionError: the database cannot be reached (the message says which one and how to fix it).
@@ -65,11 +54,12 @@ def activate():
     import schemas
 
     try:
-        schemas.activate()
+        schemas.activate(prefix)
     except (ValueError, TypeError):
         raise
     except Exception as err:  # driver errors (pymysql, psycopg2, datajoint) have no common base
-        where = "the embedded PostgreSQL server" if uses_embedded() else f"DJ_HOST={os.environ['DJ_HOST']}"
+        settings = current_settings()
+        where = "the embedded PostgreSQL server" if settings.uses_embedded else f"DJ_HOST={settings.host}"
         raise ConnectionError(
             f"cannot connect to {where}: {type(err).__name__}: {err}. "
             "Check DJ_HOST/DJ_USER/DJ_PASS, or unset DJ_HOST to use the embedded server."

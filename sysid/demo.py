@@ -110,17 +110,19 @@ def run_demo(
     """
     from rich.console import Console
 
+    from schemas.settings import current_settings
+
     from .database import activate
     from .register import parse_plan, register_plan, validate_plan
     from .report import write_report
     from .report_data import fetch_report_data
-    from .results import flatten_configs, results_table, select_rows
+    from .results import results_table, select_rows
 
     console = console or Console()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("SYSID_SCHEMA_PREFIX", DEMO_PREFIX)
-    prefix = os.environ["SYSID_SCHEMA_PREFIX"]
+    # the demo's own schema unless the user chose one; the workers get it through their environment
+    prefix = current_settings(default_prefix=DEMO_PREFIX).schema_prefix
     started = time.monotonic()
 
     console.rule("1. synthetic dataset")
@@ -128,10 +130,10 @@ def run_demo(
     console.print(f"dataset: {data_path}")
 
     console.rule("2. register")
-    schemas = activate()
+    schemas = activate(prefix)
     if not keep:
         schemas.drop_all()  # a fresh demo schema: every model is trained in this run
-        schemas = activate()
+        schemas = activate(prefix)
     doc = demo_grid(data_path, epochs=epochs)
     _write_yaml(out_dir / "demo_grid.yaml", doc)
     plan = parse_plan(doc, source="demo grid")
@@ -142,13 +144,13 @@ def run_demo(
     )
 
     console.rule(f"3. {workers} worker(s)")
-    processes = start_workers(workers, dict(os.environ))
+    processes = start_workers(workers, {**os.environ, "SYSID_SCHEMA_PREFIX": prefix})
     codes = _wait(processes)
     if any(codes):
         raise RuntimeError(f"worker exit codes {codes}: see the log above and `sysid errors`")
 
     console.rule("4. results")
-    table = select_rows(flatten_configs(schemas.results()))
+    table = select_rows(schemas.results())
     console.print(results_table(table))
     if len(table) < plan.n_combinations:
         raise RuntimeError(f"only {len(table)} of {plan.n_combinations} models trained: see `sysid errors`")

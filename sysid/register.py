@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.columns import CONFIG_ROLES
+
 __all__ = [
     "SECTIONS",
     "Entry",
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 #: the config sections of a registration file, in the order they are shown and inserted
-SECTIONS = ("dataset", "model", "trainer")
+SECTIONS = CONFIG_ROLES
 _TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant"}
 _ENTRY_KEYS = {"fn", "config", "comment"}
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["ReportData", "fetch_report_data", "parse_key_argument", "select_model"]
+from schemas.job_events import describe_key
+from schemas.trained_model import TRAINED_MODEL_KEY
 
-_MODEL_KEY = ("dataset_fn", "dataset_hash", "model_fn", "model_hash", "trainer_fn", "trainer_hash", "seed")
+__all__ = ["ReportData", "fetch_report_data", "parse_key_argument", "report_neurons", "select_model"]
 
 
 @dataclass
@@ -20,8 +21,9 @@ class ReportData:
     Attributes:
         key: the trained model's primary key.
         score: its score.
-        neurons: one row per neuron: ``data_key``, ``unit_id``, ``mu_x``, ``mu_y``, ``cortex_x``,
-            ``cortex_y``, ``correlation`` (test tier when present, else validation), ``oracle``.
+        neurons: one row per neuron (:func:`report_neurons`): ``data_key``, ``unit_id``, ``mu_x``,
+            ``mu_y``, ``cortex_x``, ``cortex_y``, ``correlation`` (test tier when present, else
+            validation), ``oracle``.
         progress: one row per epoch: ``epoch``, ``train_loss``, ``val_correlation``.
         title: a short description for plot titles.
     """
@@ -49,8 +51,8 @@ def parse_key_argument(text: str) -> dict[str, Any]:
             spec["model_hash_prefix"] = item.lower()
             continue
         name, value = (s.strip() for s in item.split("=", 1))
-        if name not in _MODEL_KEY:
-            raise ValueError(f"unknown key column {name!r} in {text!r}; use {', '.join(_MODEL_KEY)}")
+        if name not in TRAINED_MODEL_KEY:
+            raise ValueError(f"unknown key column {name!r} in {text!r}; use {', '.join(TRAINED_MODEL_KEY)}")
         spec[name] = int(value) if name == "seed" else value
     if not spec:
         raise ValueError("empty KEY: give name=value pairs or a model-hash prefix")
@@ -93,56 +95,45 @@ def _frame(query) -> pd.DataFrame:
     return pd.DataFrame(query.to_dicts())
 
 
-def _per_neuron_scores(schemas: Any, key: Mapping[str, Any]) -> pd.DataFrame | None:
-    scores = _frame(schemas.NeuronScore.Unit & key)
-    if scores.empty:
+#: tiers whose per-neuron correlation a report shows, in order of preference
+_REPORT_TIERS = ("test", "validation", "train")
+
+
+def report_neurons(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-neuron columns a report plots, from one model's rows of ``neurons_view``.
+
+    Returns:
+        ``data_key``, ``unit_id``, ``mu_x``, ``mu_y``, ``cortex_x``, ``cortex_y``, ``correlation``
+        (of the first tier of test / validation / train that has values), ``correlation_tier``,
+        ``oracle`` (test tier); None without rows.
+    """
+    if rows.empty:
         return None
-    tiers = set(scores["tier"])
-    tier = (
-        "test"
-        if "test" in tiers and scores.loc[scores["tier"] == "test", "correlation"].notna().any()
-        else None
-    )
-    tier = tier or ("validation" if "validation" in tiers else sorted(tiers)[0])
-    chosen = scores[scores["tier"] == tier][["data_key", "unit_id", "correlation"]]
-    test = scores[scores["tier"] == "test"]
-    if "oracle" in scores.columns and not test.empty:
-        chosen = chosen.merge(test[["data_key", "unit_id", "oracle"]], on=["data_key", "unit_id"], how="left")
-    return chosen.assign(correlation_tier=tier)
+    neurons = rows[["data_key", "unit_id", "mu_x", "mu_y", "cortex_x", "cortex_y"]].copy()
+    tier = next((t for t in _REPORT_TIERS if rows[f"{t}_correlation"].notna().any()), None)
+    if tier is not None:
+        neurons["correlation"] = rows[f"{tier}_correlation"]
+        neurons["correlation_tier"] = tier
+        neurons["oracle"] = rows["test_oracle"]
+    for column in ("mu_x", "mu_y", "cortex_x", "cortex_y", "correlation", "oracle"):
+        if column in neurons.columns:
+            neurons[column] = pd.to_numeric(neurons[column], errors="coerce")
+    return neurons
 
 
 def fetch_report_data(schemas: Any, spec: Mapping[str, Any] | None = None) -> ReportData:
-    """Fetch the key, progress rows, per-neuron scores and readout parameters of one trained model.
+    """Fetch the key, progress rows and per-neuron rows (``neurons_view``) of one trained model.
 
     Args:
         schemas: the activated ``schemas`` package.
         spec: which model (see :func:`parse_key_argument`); None: the best score.
     """
-    from .worker import describe_key
-
     models = _frame(schemas.TrainedModel.proj("score"))
     row = select_model(models, spec)
-    key = {name: (int(row[name]) if name == "seed" else row[name]) for name in _MODEL_KEY}
+    key = {name: (int(row[name]) if name == "seed" else row[name]) for name in TRAINED_MODEL_KEY}
     progress = _frame(schemas.TrainingProgress & key)
     progress = progress[["epoch", "train_loss", "val_correlation"]] if not progress.empty else None
-    readout = _frame(schemas.ReadoutParameters.Unit & key)
-    neurons = None
-    if not readout.empty:
-        neurons = readout[["data_key", "unit_id", "mu_x", "mu_y"]]
-        dataset = {"dataset_fn": key["dataset_fn"], "dataset_hash": key["dataset_hash"]}
-        cortex = _frame(schemas.DataInfo.Neuron & dataset)
-        if not cortex.empty:
-            neurons = neurons.merge(
-                cortex[["data_key", "unit_id", "cortex_x", "cortex_y"]],
-                on=["data_key", "unit_id"],
-                how="left",
-            )
-    scores = _per_neuron_scores(schemas, key)
-    if scores is not None:
-        neurons = scores if neurons is None else neurons.merge(scores, on=["data_key", "unit_id"], how="left")
-    for column in ("mu_x", "mu_y", "cortex_x", "cortex_y", "correlation", "oracle"):
-        if neurons is not None and column in neurons.columns:
-            neurons[column] = pd.to_numeric(neurons[column], errors="coerce")
+    neurons = report_neurons(schemas.neurons(key))
     # plot titles: the model and seed identify the run within a dataset/trainer; the full key is in the log
     short = describe_key({k: key[k] for k in ("model_fn", "model_hash", "seed")})
     title = f"{short}  score {float(row['score']):.3f}"

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 import pandas as pd
 
+from schemas.columns import CONFIG_ROLES
+
 __all__ = [
     "SCORE_COLUMNS",
-    "flatten_configs",
     "results_table",
     "select_rows",
     "summary_columns",
@@ -21,59 +18,9 @@ __all__ = [
 #: score columns shown by default, when present
 SCORE_COLUMNS = ("score", "validation_correlation", "test_correlation", "fraction_oracle", "seconds")
 
-_ROLES = ("dataset", "model", "trainer")
-
-
-def _flatten(value: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    for key, item in value.items():
-        name = f"{prefix}.{key}"
-        if isinstance(item, Mapping) and item:
-            _flatten(item, name, out)
-        elif isinstance(item, (list, tuple, Mapping)):
-            # lists stay one cell (JSON text), so the column is comparable and printable
-            out[name] = json.dumps(item, default=str)
-        else:
-            out[name] = item
-
-
-def _as_mapping(value: Any) -> Mapping[str, Any]:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return {}
-    return value if isinstance(value, Mapping) else {}
-
-
-def flatten_configs(df: pd.DataFrame) -> pd.DataFrame:
-    """Expand ``dataset_config``/``model_config``/``trainer_config`` columns into one column per value.
-
-    Args:
-        df: rows of trained models; config columns hold dicts (or JSON text).
-
-    Returns:
-        A copy where each config column is replaced by columns ``<role>.<key>`` (nested keys joined
-        with dots, e.g. ``model.grid_mean_predictor.type``; lists kept as JSON text).
-    """
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    df = df.copy()
-    for role in _ROLES:
-        column = f"{role}_config"
-        if column not in df.columns:
-            continue
-        rows = []
-        for value in df[column]:
-            flat: dict[str, Any] = {}
-            _flatten(_as_mapping(value), role, flat)
-            rows.append(flat)
-        expanded = pd.DataFrame(rows, index=df.index)
-        df = pd.concat([df.drop(columns=[column]), expanded], axis=1)
-    return df
-
 
 def varying_columns(
-    df: pd.DataFrame, prefixes: tuple[str, ...] = tuple(f"{r}." for r in _ROLES)
+    df: pd.DataFrame, prefixes: tuple[str, ...] = tuple(f"{r}." for r in CONFIG_ROLES)
 ) -> list[str]:
     """Names of config columns (``<role>.<key>``) whose value differs between rows.
 
@@ -94,7 +41,7 @@ def select_rows(
     """Filter and sort a results table.
 
     Args:
-        df: the results (e.g. from :func:`flatten_configs`).
+        df: the results (e.g. from :func:`schemas.results`).
         filter_expr: a pandas ``DataFrame.query`` expression, e.g. ``"score > 0.2 and seed == 1"``;
             column names with dots go in backticks: ``"`model.layers` == 2"``.
         sort: column to sort by (default: ``score`` when present).
@@ -166,8 +113,7 @@ def results_table(
     columns are those of :func:`summary_columns` (``all_columns=True`` shows every column).
 
     Args:
-        df: rows of :func:`schemas.results` (after :func:`select_rows`, optionally after
-            :func:`flatten_configs`).
+        df: rows of :func:`schemas.results` (after :func:`select_rows`).
         title: table title; the row count is appended.
         max_rows: show at most this many rows.
         all_columns: show every column instead of the summary.
@@ -182,7 +128,7 @@ def results_table(
     columns = list(shown.columns) if all_columns else summary_columns(shown)
     constant = []
     if len(shown) > 1 and not all_columns:
-        for role in _ROLES:
+        for role in CONFIG_ROLES:
             if role in columns and shown[role].nunique() == 1:
                 columns.remove(role)
                 constant.append(f"{role} {shown[role].iloc[0]}")
@@ -192,7 +138,7 @@ def results_table(
     caption = ("same in every row: " + ", ".join(constant)) if constant else None
     # config columns without their role prefix where the name alone is unambiguous
     headers = dict(_SHORT_HEADERS)
-    config = [c for c in columns if str(c).startswith(tuple(f"{r}." for r in _ROLES))]
+    config = [c for c in columns if str(c).startswith(tuple(f"{r}." for r in CONFIG_ROLES))]
     short = [str(c).split(".", 1)[1] for c in config]
     headers.update({c: n for c, n in zip(config, short) if short.count(n) == 1})
     if not all_columns:

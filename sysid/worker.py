@@ -7,11 +7,14 @@ pending key per table, so no key is trained twice. Run one worker process per GP
 
 SIGTERM or Ctrl-C asks the running training to stop: it saves a checkpoint at the end of the
 current epoch and releases its job, which another worker then resumes; the worker exits 0.
+
+Each job's start and end are logged by the tables' own make steps (:mod:`schemas.job_events`).
+This module imports no database code at import time: ``sysid worker`` blocks its stop signals
+(:class:`StopSignal`) before DataJoint or torch start threads.
 """
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import random
@@ -24,11 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "JobLogHandler",
     "StopSignal",
     "WorkerOptions",
     "configure_device",
-    "describe_key",
     "limit_cpu_threads",
     "request_stop_from_signal",
     "run_worker",
@@ -185,89 +186,6 @@ def limit_cpu_threads(threads: int) -> None:
         log.debug("torch inter-op threads already fixed at %d", torch.get_num_interop_threads())
 
 
-def describe_key(key: Mapping[str, Any]) -> str:
-    """A short, log-friendly form of a trained-model key: hashes shortened to 8 characters.
-
-    Example: ``dataset=static_loaders:1a2b3c4d model=stacked_core…:9f8e7d6c trainer=…:01234567 seed=1``.
-    """
-    parts = []
-    for role in ("dataset", "model", "trainer"):
-        fn, digest = key.get(f"{role}_fn"), key.get(f"{role}_hash")
-        if fn is not None or digest is not None:
-            parts.append(f"{role}={str(fn).rsplit('.', 1)[-1]}:{str(digest)[:8]}")
-    if "seed" in key:
-        parts.append(f"seed={key['seed']}")
-    rest = {
-        k: v for k, v in key.items() if not k.startswith(("dataset_", "model_", "trainer_")) and k != "seed"
-    }
-    parts.extend(f"{k}={v}" for k, v in rest.items())
-    return " ".join(parts)
-
-
-_JOB_MESSAGE = re.compile(
-    r"^(?P<event>Making|Success making|Error making) (?P<key>\{.*?\}) -> (?P<table>\S+)(?: - (?P<error>.*))?$",
-    re.S,
-)
-_EVENTS = {"Making": "start", "Success making": "done", "Error making": "FAILED"}
-
-
-def table_class_name(full_table_name: str) -> str:
-    """``"sysid_pipeline"."__trained_model"`` -> ``TrainedModel`` (DataJoint's SQL name back to the class)."""
-    name = full_table_name.rsplit(".", 1)[-1].strip('`"').lstrip("_#~")
-    return "".join(part.capitalize() for part in name.split("_") if part) or full_table_name
-
-
-class JobLogHandler(logging.Handler):
-    """Re-logs DataJoint's job messages ("Making {key} -> table") as short, timestamped worker lines.
-
-    DataJoint writes them at its JOBS level (15) with the whole key; the worker log shows the table,
-    the role hashes shortened and the seed, and the job's duration when it ends.
-    """
-
-    def __init__(self, target: logging.Logger = log):
-        super().__init__(level=15)
-        self.target = target
-        self.started: dict[str, float] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        match = _JOB_MESSAGE.match(record.getMessage())
-        if match is None:
-            return
-        table = table_class_name(match["table"])
-        try:
-            key = ast.literal_eval(match["key"])
-            described = describe_key(key) if isinstance(key, Mapping) else match["key"]
-        except (ValueError, SyntaxError):  # keys holding values without a literal repr
-            described = match["key"]
-        event = _EVENTS[match["event"]]
-        ident = f"{table} {described}"
-        if event == "FAILED" and (match["error"] or "").startswith("TrainingInterrupted"):
-            event = "interrupted"
-        if event == "start":
-            self.started[ident] = time.monotonic()
-            self.target.info("start %s", ident)
-            return
-        seconds = time.monotonic() - self.started.pop(ident, time.monotonic())
-        if event == "done":
-            self.target.info("done  %s (%.1f s)", ident, seconds)
-        elif event == "interrupted":
-            self.target.info("interrupted %s after %.1f s: checkpoint saved, job released", ident, seconds)
-        else:
-            self.target.error("FAILED %s after %.1f s: %s", ident, seconds, (match["error"] or "").strip())
-
-
-def install_job_logging() -> JobLogHandler:
-    """Route DataJoint's job messages through :class:`JobLogHandler` (and not its own stdout handler)."""
-    dj_logger = logging.getLogger("datajoint")
-    dj_logger.setLevel(15)
-    for handler in dj_logger.handlers:
-        if not isinstance(handler, JobLogHandler):
-            handler.addFilter(lambda record: record.levelno != 15)
-    handler = JobLogHandler()
-    dj_logger.addHandler(handler)
-    return handler
-
-
 def _calls_done(result: Any) -> int:
     """Number of keys computed by one ``populate_all`` call, whatever shape its summary has."""
     if result is None:
@@ -324,7 +242,6 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
 
         schemas = activate()
     _STATE["schemas"] = schemas
-    install_job_logging()
     restriction = _restriction(schemas, options.restrict)
     log.info(
         "worker started on %s (pid %d, device %s%s)",

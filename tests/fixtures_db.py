@@ -8,6 +8,7 @@
   ``schemas.activate(backend=...)`` takes), ``prefix`` and ``conn``; ``db.activate()`` rebinds.
 * ``empty_db``: ``db`` with every row deleted first (each test starts from empty tables).
 * ``worker_env``: environment for worker subprocesses that use the same database.
+* ``sysid_env``: environment for ``python -m sysid ...`` subprocesses on the same database.
 """
 
 from __future__ import annotations
@@ -130,6 +131,14 @@ def worker_env(db):
     env["SYSID_TEST_BACKEND"] = db.backend_arg
     env["PYTHONWARNINGS"] = "ignore"
     return env
+
+
+@pytest.fixture
+def sysid_env(db, worker_env):
+    """Environment for ``python -m sysid`` on ``db``: ``DJ_*`` only for the MySQL backend (else embedded)."""
+    if db.backend == "postgres":
+        return {k: v for k, v in worker_env.items() if not k.startswith("DJ_")}
+    return dict(worker_env)
 
 
 #: a worker process: activate the test database, populate TrainedModel, print the result

@@ -216,6 +216,13 @@ def test_register_workers_status_results_report(cli):
     assert len({re.sub(r"^.*TrainedModel ", "", t).split(" (")[0] for t in trained}) == 4
     assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", t) for t in trained)  # timestamped
     assert all("seed=" in t and "model=stacked_core_full_gauss_readout:" in t for t in trained)
+    # every populated table logs each of its jobs from its own make steps: one start, one done per row
+    cli.activate()
+    lines = [line for log in logs for line in log.splitlines()]
+    for name, table in schemas.computed_tables().items():
+        starts = [line for line in lines if f"start {name} " in line]
+        dones = [line for line in lines if f"done  {name} " in line]
+        assert len(starts) == len(dones) == len(table) > 0, (name, "\n".join(logs))
 
     status = run_sysid(["status"], cli.env).stdout
     assert re.search(r"TrainedModel\s*│\s*4\s*│\s*0\s*│\s*0\s*│\s*0\s*│\s*0", status), status
@@ -276,6 +283,9 @@ def test_sigterm_checkpoints_and_another_worker_resumes(cli):
     log = first.communicate(timeout=60)[0]
     assert first.returncode == 0, log
     assert "SIGTERM received" in log and "stopped by signal" in log
+    assert re.search(
+        r"interrupted TrainedModel .*seed=7 after [\d.]+ s: checkpoint saved, job released", log
+    ), log
 
     checkpoint = (schemas.Checkpoint() & key).to_dicts()
     assert len(checkpoint) == 1 and checkpoint[0]["epoch"] >= 2, log

@@ -7,40 +7,50 @@ import pytest
 from rich.console import Console
 
 from sysid.render import compact_keys, dataframe_table, format_value
-from sysid.results import flatten_configs, select_rows, summary_columns, varying_columns
+from sysid.results import select_rows, summary_columns, varying_columns
+from tests.fixtures_db import quiet_datajoint
+
+quiet_datajoint()  # schemas.result_table imports DataJoint
+from schemas.result_table import flatten_config  # noqa: E402
 
 
 @pytest.fixture
 def results():
-    return pd.DataFrame(
+    """Rows shaped as ``schemas.results()`` returns them: configs already spread over ``<role>.<key>`` columns."""
+    rows = [
+        {"model.layers": 2, "model.grid.x": 1},
+        {"model.layers": 3, "model.grid.x": 1},
+        {"model.layers": 3},
+    ]
+    frame = pd.DataFrame(
         {
             "model_fn": ["pipeline.models.a", "pipeline.models.a", "pipeline.models.b"],
             "model_hash": ["1111111111aa", "2222222222bb", "3333333333cc"],
             "seed": [1, 2, 1],
             "score": [0.2, float("nan"), 0.4],
-            "model_config": [
-                {"layers": 2, "grid": {"x": 1}},
-                {"layers": 3, "grid": {"x": 1}},
-                '{"layers": 3}',
-            ],
-            "trainer.lr": [0.1, 0.1, 0.1],
         }
     )
+    return pd.concat([frame, pd.DataFrame(rows)], axis=1).assign(**{"trainer.lr": [0.1, 0.1, 0.1]})
 
 
-def test_flatten_configs_makes_one_column_per_value(results):
-    flat = flatten_configs(results)
-    assert "model_config" not in flat.columns
-    assert list(flat["model.layers"]) == [2, 3, 3]
-    assert flat["model.grid.x"].iloc[0] == 1 and math.isnan(flat["model.grid.x"].iloc[2])
+def test_flatten_config_spreads_nested_keys_and_keeps_lists_whole():
+    config = {"layers": 2, "grid": {"x": 1, "y": {"z": "a"}}, "paths": ["/d/a", "/d/b"], "empty": {}}
+    assert flatten_config(config, "model") == {
+        "model.layers": 2,
+        "model.grid.x": 1,
+        "model.grid.y.z": "a",
+        "model.paths": '["/d/a", "/d/b"]',
+        "model.empty": "{}",
+    }
+    assert flatten_config('{"layers": 3}', "model") == {"model.layers": 3}  # JSON text from some drivers
+    assert flatten_config(None, "model") == {}
 
 
 def test_select_rows_sorts_best_first_and_filters(results):
     ordered = select_rows(results)
     assert list(ordered["score"].iloc[:2]) == [0.4, 0.2] and math.isnan(ordered["score"].iloc[2])
     assert list(select_rows(results, sort="seed", ascending=True)["seed"]) == [1, 1, 2]
-    flat = flatten_configs(results)
-    assert list(select_rows(flat, filter_expr="`model.layers` == 3 and seed == 1")["model_hash"]) == [
+    assert list(select_rows(results, filter_expr="`model.layers` == 3 and seed == 1")["model_hash"]) == [
         "3333333333cc"
     ]
     with pytest.raises(ValueError, match="bad --filter expression.*Columns: model_fn"):
@@ -50,8 +60,7 @@ def test_select_rows_sorts_best_first_and_filters(results):
 
 
 def test_compact_keys_and_default_columns(results):
-    flat = flatten_configs(results)
-    compact = compact_keys(flat)
+    compact = compact_keys(results)
     assert list(compact["model"]) == ["a:11111111", "a:22222222", "b:33333333"]
     assert "model_fn" not in compact.columns and "model_hash" not in compact.columns
     # trainer.lr is the same everywhere: not a default column; model.layers varies
@@ -79,7 +88,7 @@ def _render(table, width: int) -> str:
 def test_results_table_hides_config_columns_that_do_not_fit(results):
     from sysid.results import results_table
 
-    wide = flatten_configs(results)
+    wide = results.copy()
     for i in range(6):  # many differing config values: more than 80 columns of text
         wide[f"model.some_long_parameter_{i}"] = [0.001 * i, 0.002 * i, 0.003 * i]
     narrow_text = _render(results_table(wide, width=80), 80)

@@ -1,6 +1,8 @@
-"""Worker building blocks without a database: job log lines, keys, devices, stop signals."""
+"""Worker building blocks without a database: job counts, devices, options, stop signals.
 
-import logging
+The worker's job log lines are tested on a real worker's output (tests/test_schemas_training.py).
+"""
+
 import os
 import subprocess
 import sys
@@ -9,56 +11,6 @@ import textwrap
 import pytest
 
 from sysid import worker
-
-KEY = {
-    "model_fn": "pipeline.models.stacked_core_full_gauss_readout",
-    "model_hash": "f397e5c53c3cf70d7367a2f59562bedc",
-    "dataset_fn": "pipeline.data.static_loaders",
-    "dataset_hash": "bd85fdd88b1481114057e17145334aae",
-    "trainer_fn": "pipeline.training.standard_trainer",
-    "trainer_hash": "11becab12271bb5132dcfb153adbb926",
-    "seed": 2,
-}
-SHORT = (
-    "dataset=static_loaders:bd85fdd8 model=stacked_core_full_gauss_readout:f397e5c5 "
-    "trainer=standard_trainer:11becab1 seed=2"
-)
-
-
-def test_describe_key_shortens_hashes_and_keeps_the_seed():
-    assert worker.describe_key(KEY) == SHORT
-    assert worker.describe_key({"dataset_fn": "a.b", "dataset_hash": "0123456789"}) == "dataset=b:01234567"
-
-
-def test_job_log_handler_rewrites_datajoint_job_messages(caplog):
-    target = logging.getLogger("test.jobs")
-    handler = worker.JobLogHandler(target)
-    table = '"sysid_pipeline"."__trained_model"'
-
-    def emit(message):
-        handler.emit(logging.LogRecord("datajoint", 15, __file__, 1, message, None, None))
-
-    with caplog.at_level(logging.INFO, logger="test.jobs"):
-        emit(f"Making {KEY!r} -> {table}")
-        emit(f"Success making {KEY!r} -> {table}")
-        emit(f"Making {KEY!r} -> {table}")
-        emit(f"Error making {KEY!r} -> {table} - ValueError: NaN loss")
-        emit(f"Error making {KEY!r} -> {table} - TrainingInterrupted: stop requested")
-        emit("Populate terminated by SIGTERM")  # not a job message: ignored
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages[0] == f"start TrainedModel {SHORT}"
-    assert messages[1].startswith(f"done  TrainedModel {SHORT} (") and messages[1].endswith(" s)")
-    assert messages[3].startswith(f"FAILED TrainedModel {SHORT} after") and messages[3].endswith(
-        "ValueError: NaN loss"
-    )
-    assert caplog.records[3].levelno == logging.ERROR
-    assert messages[4].startswith("interrupted TrainedModel") and "checkpoint saved" in messages[4]
-    assert len(messages) == 5
-
-
-def test_table_class_name():
-    assert worker.table_class_name('"p"."__neuron_score"') == "NeuronScore"
-    assert worker.table_class_name("`p`.`_data_info`") == "DataInfo"
 
 
 def test_calls_done_counts_every_table():

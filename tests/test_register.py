@@ -145,8 +145,20 @@ def test_validation_rejects_framework_arguments_and_missing_required_keys():
     assert second.startswith("dataset[1]") and "paths" in second
 
 
-def test_valid_plan_passes():
-    validate_plan(parse_plan(_doc()))
+def test_valid_plan_passes_after_checking_every_entry():
+    from pipeline.builder import validate_config
+
+    plan = parse_plan(_doc())
+    checked = []
+
+    def recording(fn, config, role):
+        checked.append((role, fn, config))
+        return validate_config(fn, config, role)  # the default validator, so a bad entry would raise
+
+    assert validate_plan(plan, validator=recording) is None
+    assert checked == [(e.section, e.fn, e.config) for e in plan.all_entries()]
+    assert [role for role, _, _ in checked] == ["dataset", "model", "model", "model", "trainer"]
+    validate_plan(plan)  # and the default validator accepts the same plan
 
 
 def test_load_yaml_and_json(tmp_path):

@@ -54,10 +54,10 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 import schemas
 schemas.activate(os.environ["SYSID_SCHEMA_PREFIX"], backend=os.environ["SYSID_TEST_BACKEND"])
-folder = Path(os.environ["SYSID_BARRIER"])
+folder = Path(os.environ["SYSID_TEST_BARRIER"])
 (folder / str(os.getpid())).touch()
 deadline = time.time() + 90
-while len(list(folder.iterdir())) < int(os.environ["SYSID_N_WORKERS"]) and time.time() < deadline:
+while len(list(folder.iterdir())) < int(os.environ["SYSID_TEST_N_WORKERS"]) and time.time() < deadline:
     time.sleep(0.01)
 result = schemas.populate_all(reserve_jobs=True, suppress_errors=False)
 print("OK", sorted(result))
@@ -75,8 +75,8 @@ def test_concurrent_first_populates_on_a_fresh_schema_do_not_race(db, worker_env
     env = {
         **worker_env,
         "SYSID_SCHEMA_PREFIX": prefix,
-        "SYSID_BARRIER": str(tmp_path),
-        "SYSID_N_WORKERS": str(n_workers),
+        "SYSID_TEST_BARRIER": str(tmp_path),
+        "SYSID_TEST_N_WORKERS": str(n_workers),
     }
     processes = [
         subprocess.Popen(

@@ -148,7 +148,17 @@ def test_two_worker_processes_train_every_key_once(empty_db, worker_env):
     _register({"epochs": 2, "sleep": 0.05}, seeds=(1, 2, 3, 4))
     workers = [start_worker(worker_env) for _ in range(2)]
     results = [_result(w) for w in workers]
-    assert sum(r["success_count"] for r in results) == 4
+    # a failed job's message and the project's frames of its traceback (e.g. a deadlock, error 1213)
+    failures = [
+        "\n".join(
+            [
+                r["error_message"],
+                *(line for line in (r["error_stack"] or "").splitlines() if "/schemas/" in line),
+            ]
+        )
+        for r in (TrainedModel().jobs & "status='error'").to_dicts()
+    ]
+    assert sum(r["success_count"] for r in results) == 4, "\n".join(failures)
     assert len(TrainedModel()) == 4
     assert len(TrainingProgress()) == 4 * 2  # every key trained once: 2 epochs each
 
@@ -211,12 +221,13 @@ def test_live_reservations_are_not_cleared(empty_db):
 
 def test_progress_recorder_checkpoints_every_k_epochs_and_on_stop(empty_db, monkeypatch):
     import schemas
-    from schemas.progress import Checkpoint, ProgressRecorder, TrainingProgress, _checkpoint_every
+    from schemas.progress import Checkpoint, ProgressRecorder, TrainingProgress
+    from schemas.settings import current_settings
     from tests.toy_fns import ToyRecord
 
     key = {**_register({"epochs": 1}), "seed": 1}
     monkeypatch.setenv("SYSID_CHECKPOINT_EVERY", "2")
-    recorder = ProgressRecorder(key, empty_db.conn, every=_checkpoint_every())
+    recorder = ProgressRecorder(key, empty_db.conn, every=current_settings().checkpoint_every)
 
     def record(epoch):
         return ToyRecord(epoch, 1.0 / epoch, float("nan"), 0.1, 0.01, {"epoch": epoch, "model": {}})
@@ -234,15 +245,12 @@ def test_progress_recorder_checkpoints_every_k_epochs_and_on_stop(empty_db, monk
     assert [p["epoch"] for p in progress] == [1, 2, 3, 4] and progress[0][
         "val_correlation"
     ] is None  # NaN -> NULL
-    monkeypatch.setenv("SYSID_CHECKPOINT_EVERY", "0")
-    with pytest.raises(ValueError, match="SYSID_CHECKPOINT_EVERY"):
-        _checkpoint_every()
 
 
 def test_device_is_where_the_model_trained_not_the_config_value(empty_db):
     import schemas
     from schemas import TrainedModel
-    from schemas.trained_model import device_used
+    from schemas.run_info import device_used
 
     key = {**_register({"epochs": 1}), "seed": 1}
     schemas.populate_all(reserve_jobs=True)
@@ -292,3 +300,74 @@ def test_idle_poll_is_a_few_counts_and_skips_only_tables_without_work(empty_db):
         del conn.query  # back to the class's method
     assert all(entry == {"success_count": 0, "error_list": []} for entry in idle.values())
     assert len(statements) <= len(idle), statements
+
+
+def test_worker_logs_each_job_from_the_tables_make_steps(empty_db, sysid_env):
+    """A real ``sysid worker`` subprocess: start/done/FAILED lines come from the make steps, with the key."""
+    import subprocess
+    import sys
+
+    from schemas.job_events import describe_key
+
+    good = {**_register({"epochs": 2}), "seed": 1}
+    bad = {**_register({"epochs": 3, "fail_at_epoch": 2}), "seed": 1}
+    result = subprocess.run(
+        [sys.executable, "-m", "sysid", "worker", "--once", "--threads", "1", "--device", "cpu"],
+        env=sysid_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+
+    def matching(text):
+        return [line for line in lines if text in line]
+
+    assert len(matching(f"start TrainedModel {describe_key(good)}")) == 1, result.stderr
+    (done,) = matching(f"done  TrainedModel {describe_key(good)} (")
+    assert done.endswith(" s)") and " INFO " in done
+    assert len(matching(f"start TrainedModel {describe_key(bad)}")) == 1, result.stderr
+    (failed,) = matching(f"FAILED TrainedModel {describe_key(bad)} after ")
+    assert " ERROR " in failed and failed.endswith("RuntimeError: toy trainer failed on purpose at epoch 2")
+    assert not matching("Making {") and not matching("Success making")  # nothing of DataJoint's own
+
+
+def test_replacing_a_missing_progress_row_leaves_other_workers_free_to_insert(empty_db):
+    """On MySQL/MariaDB a DELETE that matches nothing locks the gap; a second worker's insert then waits
+    (and two of them deadlock, error 1213). ``delete_present`` reads first and takes no lock."""
+    if empty_db.backend != "mysql":
+        pytest.skip("gap locks are InnoDB's")
+    from schemas import TrainingProgress, _dj_compat, connection
+    from schemas.progress import delete_present
+
+    keys = [{**_register({"epochs": 1}, seeds=(1, 2)), "seed": s, "epoch": 1} for s in (1, 2)]
+    settings = connection.connection_settings_from_env(empty_db.backend_arg)
+    other = _dj_compat.open_connection(
+        settings["host"], settings["user"], settings["password"], settings["port"], settings["backend"]
+    )
+    other.query("SET SESSION innodb_lock_wait_timeout = 1")
+    names = list(keys[1])
+    insert = (
+        f"INSERT INTO {TrainingProgress.full_table_name} ({', '.join(f'`{n}`' for n in names)}) "
+        f"VALUES ({', '.join(['%s'] * len(names))})"
+    )
+
+    def other_worker_inserts() -> bool:
+        try:
+            other.query(insert, args=[keys[1][n] for n in names])
+        except Exception as error:  # the driver's lock-wait timeout (1205)
+            assert "1205" in str(error) or "Lock wait" in str(error), error
+            return False
+        return True
+
+    conn = empty_db.conn
+    try:
+        with conn.transaction:
+            (TrainingProgress() & keys[0]).delete_quick()  # a plain delete of nothing locks the gap
+            assert not other_worker_inserts()
+        with conn.transaction:
+            delete_present(TrainingProgress() & keys[0])  # nothing to delete: no lock
+            assert other_worker_inserts()
+    finally:
+        other.close()

@@ -140,3 +140,17 @@ def interrupting_trainer(
     return standard_trainer(
         model, dataloaders, seed, uid=uid, cb=callback, resume_state=resume_state, **config
     )
+
+
+def toy_stopping_trainer(
+    model, dataloaders, seed, uid=None, cb=None, resume_state=None, stop_at_epoch=1, **config
+):
+    """:func:`toy_trainer` that requests a stop (as SIGTERM would) after ``stop_at_epoch`` of a fresh run."""
+    import schemas
+
+    def callback(record):
+        if resume_state is None and record.epoch == stop_at_epoch:
+            schemas.request_stop()
+        return cb(record) if cb is not None else None
+
+    return toy_trainer(model, dataloaders, seed, uid=uid, cb=callback, resume_state=resume_state, **config)

@@ -1,0 +1,299 @@
+"""The machinery every table of trained models shares: :class:`TrainingTable`.
+
+A training table is a ``dj.Computed`` table whose ``make_compute`` trains a model. This base
+gives it, once for every such table:
+
+* the three-method make: ``make_fetch`` (the job spec, cheap), ``make_compute`` (build loaders
+  and model, train with no transaction open, resuming from a checkpoint), ``make_insert``
+  (master row and large-state part in one transaction, checkpoint dropped);
+* per-epoch progress rows and checkpoints (:mod:`schemas.progress`) written while it trains;
+* SIGTERM and stop requests during training (:mod:`schemas.stopping`): checkpoint, end
+  ``populate``, put the job back into the queue;
+* the start/done/failed/interrupted log lines of the worker (:mod:`schemas.job_events`);
+* ``load_model`` / ``fetch_state`` (:mod:`schemas.model_loading`) and a ``delete`` that also
+  removes progress rows and checkpoints.
+
+A concrete table (:class:`schemas.trained_model.TrainedModel` is the example) sets the class
+attributes and the hooks: ``job_spec(key)`` (what to train) and optionally
+``initial_model(job, dataloaders)`` (see ``docs/INTERFACES.md``, "Extension points").
+
+Part classes cannot be inherited (DataJoint binds a part to one master): each table declares
+its own ``StoredState`` from :data:`STORED_STATE_DEFINITION`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import datajoint as dj
+
+from pipeline import builder
+from pipeline.contracts import finite_or_none
+
+from . import job_events, state_io
+from .model_loading import TrainingJob, rebuild_model, state_from_row
+from .progress import ProgressRecorder, delete_present, latest_checkpoint
+from .requeue import release_interrupted_jobs
+from .run_info import run_info
+from .settings import current_settings
+from .stopping import TrainingInterrupted, sigterm_requests_stop, stop_requested
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "INLINE_STATE_LIMIT",
+    "STATE_STORE",
+    "STORED_STATE_DEFINITION",
+    "TrainingJob",
+    "TrainingTable",
+    "hybridmethod",
+    "primary_key",
+    "trained_model_definition",
+]
+
+#: model states up to this size are stored inline (MariaDB's packet limit makes larger blobs fail)
+INLINE_STATE_LIMIT = 8 * 2**20
+#: the named object store for large model states (configured through DJ_STORES)
+STATE_STORE = "models"
+
+#: the definition of every training table's ``StoredState`` part
+STORED_STATE_DEFINITION = f"""
+        # a model state too large to store inline, in the object store '{STATE_STORE}'
+        -> master
+        ---
+        model_state: <object@{STATE_STORE}>   # torch.save bytes of the state dict
+        """
+
+
+def trained_model_definition(
+    comment: str, key_definition: str, timestamp_column: str = "trainedmodel_ts"
+) -> str:
+    """The definition of a training table: its key, then the columns :class:`TrainingTable` fills.
+
+    Args:
+        comment: the table's comment (one line).
+        key_definition: the foreign keys that make the primary key; they must include the
+            dataset the model predicts as ``dataset_fn``/``dataset_hash`` (through ``-> Dataset``),
+            which the score and readout tables join on.
+        timestamp_column: name of the insertion-time column.
+    """
+    return f"""
+    # {comment}
+    {key_definition}
+    ---
+    score: float64                  # the trainer's score (mean validation correlation)
+    output: <blob>                  # the trainer's output: learning curves etc.
+    model_state=null: <blob>        # state dict as numpy arrays when small; else in part StoredState
+    state_nbytes: int64
+    seconds: float64                # training wall time
+    host: varchar(255)
+    device: varchar(64)
+    package_versions: json
+    git_commit=null: varchar(40)
+    comment="": varchar(512)
+    {timestamp_column}=CURRENT_TIMESTAMP: datetime
+    """
+
+
+class hybridmethod:
+    """A method callable on the class (``TrainedModel.load_model(key)``) or on a restricted instance."""
+
+    def __init__(self, function):
+        self.function = function
+        self.__doc__ = function.__doc__
+
+    def __get__(self, obj, objtype=None):
+        target = obj if obj is not None else objtype()
+        return self.function.__get__(target, objtype)
+
+
+def primary_key(table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The primary-key part of ``row`` for ``table``."""
+    return {name: row[name] for name in table.primary_key}
+
+
+def _model_nbytes(model) -> int:
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+
+
+def _store_configured() -> bool:
+    return STATE_STORE in dict(dj.config.stores or {})
+
+
+def _require_store(nbytes: int) -> None:
+    if nbytes > INLINE_STATE_LIMIT and not _store_configured():
+        raise ValueError(
+            f"the model state ({nbytes / 2**20:.1f} MiB) is too large to store inline and no "
+            f"object store '{STATE_STORE}' is configured: set DJ_STORES='{{\"{STATE_STORE}\": "
+            '{"protocol": "file", "location": "/path/to/models"}}\''
+        )
+
+
+class TrainingTable:
+    """Base of every ``dj.Computed`` table whose rows are trained models (mix in before ``dj.Computed``).
+
+    Class attributes a subclass sets:
+        progress_table: the ``dj.Manual`` table of its per-epoch progress rows
+            (:func:`schemas.progress.progress_definition` with its key).
+        checkpoint_table: the ``dj.Manual`` table of its checkpoints
+            (:func:`schemas.progress.checkpoint_definition` with its key).
+        timestamp_column: its insertion-time column (see :func:`trained_model_definition`).
+
+    Hooks:
+        :meth:`job_spec` (required) and :meth:`initial_model` (optional).
+    """
+
+    progress_table: ClassVar[type]
+    checkpoint_table: ClassVar[type]
+    timestamp_column: ClassVar[str] = "trainedmodel_ts"
+
+    # ------------------------------------------------------------------------------------------
+    # hooks
+
+    def job_spec(self, key: Mapping[str, Any]) -> TrainingJob:
+        """What to train for ``key``: functions, configs and seed (cheap and deterministic: database reads only)."""
+        raise NotImplementedError(f"{type(self).__name__} must define job_spec(key)")
+
+    def initial_model(self, job: TrainingJob, dataloaders: Mapping):
+        """The model to train, before training (default: the model function with the job's seed)."""
+        return builder.get_model(job.model_fn, job.model_config, dataloaders=dataloaders, seed=job.seed)
+
+    # ------------------------------------------------------------------------------------------
+    # three-method make
+
+    def make_fetch(self, key: Mapping[str, Any]) -> tuple[TrainingJob]:
+        """The job spec of ``key`` (DataJoint calls this twice and checks that nothing changed)."""
+        return (self.job_spec(key),)
+
+    @job_events.compute_step
+    def make_compute(self, key: Mapping[str, Any], job: TrainingJob):
+        """Build loaders, model and trainer, train (resuming from a checkpoint), return the result."""
+        key = primary_key(self, key)
+        if stop_requested():
+            raise TrainingInterrupted("stop requested before training started")
+        started = time.time()
+        dataloaders = job.dataloaders()
+        model = self.initial_model(job, dataloaders)
+        _require_store(_model_nbytes(model))
+        trainer = builder.get_trainer(job.trainer_fn, job.trainer_config)
+        resume_state, resumed_from = latest_checkpoint(self.checkpoint_table, key)
+        callback = ProgressRecorder(
+            key,
+            self.connection,
+            every=current_settings().checkpoint_every,
+            progress_table=self.progress_table,
+            checkpoint_table=self.checkpoint_table,
+        )
+        kwargs: dict[str, Any] = {"uid": dict(key), "cb": callback}
+        if resume_state is not None:
+            kwargs["resume_state"] = resume_state
+        # SIGTERM while training: checkpoint and stop at the end of the epoch (the worker exits after)
+        with sigterm_requests_stop():
+            score, output, state_dict = trainer(model, dataloaders, job.seed, **kwargs)
+        if stop_requested():
+            raise TrainingInterrupted(f"stop requested; checkpoint saved after epoch {callback.last_epoch}")
+        score = finite_or_none(score)
+        if score is None:
+            raise ValueError("the trainer returned no finite score")
+        output = state_io.plain_output(dict(output or {}))
+        if resumed_from is not None:
+            output["resumed_from_epoch"] = resumed_from
+        state = state_io.state_to_numpy(state_dict)
+        return score, output, state, run_info(model, output, time.time() - started)
+
+    @job_events.insert_step
+    def make_insert(self, key, score, output, state, meta):
+        """Insert the master row (and the large-state part) and drop the checkpoint, in one transaction."""
+        key = primary_key(self, key)
+        nbytes = state_io.state_nbytes(state)
+        _require_store(nbytes)
+        inline = nbytes <= INLINE_STATE_LIMIT
+        self.insert1(
+            {
+                **key,
+                "score": score,
+                "output": output,
+                "model_state": state if inline else None,
+                "state_nbytes": nbytes,
+                **meta,
+            }
+        )
+        if not inline:
+            self.StoredState.insert1(
+                {**key, "model_state": state_io.to_bytes(state_io.numpy_to_torch(state))}
+            )
+        delete_present(self.checkpoint_table() & key)  # inside DataJoint's transaction
+
+    # ------------------------------------------------------------------------------------------
+    # populate, delete, load
+
+    def populate(self, *restrictions, **kwargs):
+        """DataJoint's populate; a stop request ends it and re-pends the interrupted job.
+
+        Returns DataJoint's result dict, with ``"interrupted": True`` when a stop ended it.
+        """
+        try:
+            result = super().populate(*restrictions, **kwargs)
+        except TrainingInterrupted as stop:
+            release_interrupted_jobs(self)
+            logger.info("populate stopped: %s", stop)
+            return {"success_count": 0, "error_list": [], "interrupted": True}
+        release_interrupted_jobs(self)
+        return result
+
+    def delete(self, *args, **kwargs):
+        """Delete trained models with their parts, dependents, progress rows and checkpoints."""
+        keys = self.proj().to_dicts()
+        result = super().delete(*args, **kwargs)
+        # progress and checkpoints reference the parents (the master row does not exist while
+        # training), so they are removed here for every key whose model is gone
+        gone = [k for k in keys if not (type(self)() & k)]
+        if gone:
+            (self.progress_table() & gone).delete_quick()
+            (self.checkpoint_table() & gone).delete_quick()
+        return result
+
+    @hybridmethod
+    def load_model(
+        self,
+        key=None,
+        device: Any = "cpu",
+        include_dataloaders: bool = False,
+        include_state_dict: bool = True,
+    ):
+        """Rebuild a trained model (and optionally its loaders) from the database.
+
+        Args:
+            key: restriction selecting exactly one trained model (None: this restricted table).
+            device: where the parameters go (``map_location`` semantics).
+            include_dataloaders: also build and return the loaders (reads the data).
+            include_state_dict: load the trained parameters (False: freshly initialised model).
+
+        Returns:
+            ``model`` in eval mode, or ``(dataloaders, model)`` with ``include_dataloaders``.
+
+        Raises:
+            ValueError: the restriction matches no row or several rows.
+        """
+        key = self._one_key(key, "load_model")
+        state = self.fetch_state(key, device=device) if include_state_dict else None
+        dataloaders, model = rebuild_model(self.job_spec(key), key, state, include_dataloaders)
+        model = model.to(device).eval()
+        return (dataloaders, model) if include_dataloaders else model
+
+    @hybridmethod
+    def fetch_state(self, key=None, device: Any = "cpu") -> dict:
+        """Return the state dict (torch tensors on ``device``) of one trained model."""
+        key = self._one_key(key, "fetch_state")
+        row = (self & key).to_dicts()[0]
+        return state_from_row(row, self.StoredState() & key, device=device)
+
+    def _one_key(self, key, caller: str) -> dict[str, Any]:
+        query = self & key if key is not None else self
+        keys = query.keys()
+        if len(keys) != 1:
+            raise ValueError(f"{caller} needs exactly one trained model, the restriction matches {len(keys)}")
+        return keys[0]
