@@ -162,6 +162,7 @@ def test_bad_inputs_get_clear_errors() -> None:
 def test_the_config_refuses_unknown_keys_and_bad_values() -> None:
     assert mei_config(None) == MEIConfig()
     assert mei_config({"jitter": 2}).jitter == 2
+    assert mei_config({"max_steps": 10}).min_steps == 10  # a small budget lowers the default minimum
     # a stored JSON config (lists for tuples) validates to the same settings
     stored = mei_config(MEIConfig(pixel_range=(-1.0, 2.0)).model_dump(mode="json"))
     assert stored == MEIConfig(pixel_range=(-1.0, 2.0))
@@ -204,12 +205,19 @@ def test_gaussian_blur_matches_a_direct_convolution_inside_and_keeps_constants()
 
 
 def test_project_reaches_the_norm_inside_the_range() -> None:
-    x = torch.randn(4, 1, 8, 8) * 3
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
     out = project(x, 5.0, True, (-1.0, 1.0))
     assert out.min() >= -1 and out.max() <= 1
     torch.testing.assert_close(out.flatten(1).norm(dim=1), torch.full((4,), 5.0), rtol=1e-3, atol=0)
     assert not torch.equal(out, x)  # x itself is untouched
     np.testing.assert_allclose(project(x, None, True, None).numpy(), x.numpy())
+    # nearly every pixel clipped (norm close to the largest reachable, 8): still on the sphere, in range
+    tight = project(x, 7.9, True, (-1.0, 1.0))
+    torch.testing.assert_close(tight.flatten(1).norm(dim=1), torch.full((4,), 7.9), rtol=1e-3, atol=0)
+    assert tight.abs().max() <= 1
+    # bound mode: only shrinks
+    small = x / x.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(project(small, 5.0, False, None), small)
 
 
 def test_data_reference_reads_shape_range_and_mean_responses() -> None:

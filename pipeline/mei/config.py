@@ -38,7 +38,7 @@ class MEIConfig(BaseModel):
             before the model sees it; 0 = off.
         init_std: std of the initial Gaussian noise (rescaled to ``norm`` when the norm is fixed).
         max_steps: step budget.
-        min_steps: no image stops before this many steps.
+        min_steps: no image stops before this many steps (default 50, or ``max_steps`` when smaller).
         patience: an image stops once its objective has not improved by more than ``tol``
             (relative to its best value) for this many steps.
         tol: relative improvement that counts as progress.
@@ -59,6 +59,14 @@ class MEIConfig(BaseModel):
     min_steps: int = Field(default=50, ge=0)
     patience: int = Field(default=30, ge=1)
     tol: float = Field(default=1e-4, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_min_steps(cls, data: Any) -> Any:
+        # a small step budget without min_steps means "stop within the budget", not an error
+        if isinstance(data, Mapping) and "min_steps" not in data and isinstance(data.get("max_steps"), int):
+            data = {**data, "min_steps": min(cls.model_fields["min_steps"].default, data["max_steps"])}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> MEIConfig:

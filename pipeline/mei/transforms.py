@@ -43,27 +43,43 @@ def project(
     norm: float | None,
     fixed: bool,
     pixel_range: tuple[float, float] | None,
-    rounds: int = 10,
+    iterations: int = 40,
 ) -> torch.Tensor:
     """Bring every image of ``x`` (B, ...) onto the constraint set: its norm and its pixel range.
 
-    With both a fixed norm and a pixel range the two are alternated (rescale, clip) until the norm is
-    within 0.1 % of ``norm`` or ``rounds`` is reached: clipping shrinks the norm, rescaling may push
-    pixels out of range again. A new tensor is returned; ``x`` is not modified.
+    Without a pixel range: rescale to ``norm`` (``fixed``) or down to it (bound). With one, the image
+    becomes ``clip(s * x)`` with the scale ``s`` chosen per image so that the clipped image has norm
+    ``norm`` (fixed; found by bisection, since that norm grows with ``s`` when the range holds 0) or
+    at most ``norm`` (bound). A new tensor is returned; ``x`` is not modified.
     """
     flat_dims = tuple(range(1, x.dim()))
-    for _ in range(rounds):
-        if norm is not None:
-            current = torch.linalg.vector_norm(x, dim=flat_dims, keepdim=True).clamp_min(1e-12)
-            scale = norm / current
-            if not fixed:
-                scale = scale.clamp(max=1.0)
-            x = x * scale
-        if pixel_range is not None:
-            x = x.clamp(pixel_range[0], pixel_range[1])
-        if norm is None or pixel_range is None or not fixed:
-            break
-        error = (torch.linalg.vector_norm(x, dim=flat_dims) / norm - 1).abs().max()
-        if error < 1e-3:
-            break
-    return x
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    if norm is None:
+        return x if pixel_range is None else x.clamp(pixel_range[0], pixel_range[1])
+    current = torch.linalg.vector_norm(x, dim=flat_dims).clamp_min(1e-12)
+    scale = norm / current
+    if not fixed:
+        scale = scale.clamp(max=1.0)
+    if pixel_range is None:
+        return x * scale.view(shape)
+    low, high = pixel_range
+
+    def clipped_norm(s: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm((x * s.view(shape)).clamp(low, high), dim=flat_dims)
+
+    short = clipped_norm(scale) < norm * (1 - 1e-4)
+    if fixed and bool(short.any()):
+        # clipping took some norm away: find the larger scale that gives it back (bracket, then bisect)
+        lower, upper = scale.clone(), scale.clone()
+        for _ in range(60):
+            reached = ~short | (clipped_norm(upper) >= norm)
+            if bool(reached.all()):
+                break
+            upper = torch.where(reached, upper, upper * 2)
+        for _ in range(iterations):
+            middle = (lower + upper) / 2
+            enough = clipped_norm(middle) >= norm
+            lower = torch.where(short & ~enough, middle, lower)
+            upper = torch.where(short & enough, middle, upper)
+        scale = torch.where(short, upper, scale)
+    return (x * scale.view(shape)).clamp(low, high)
