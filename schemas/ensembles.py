@@ -76,7 +76,11 @@ class Ensemble(dj.Manual):
 
     @classmethod
     def create(
-        cls, restriction: Any = None, comment: str = "", fabrikant: str | None = None
+        cls,
+        restriction: Any = None,
+        comment: str = "",
+        fabrikant: str | None = None,
+        table: type = TrainedModel,
     ) -> dict[str, Any]:
         """Make (or find) the ensemble of every trained model matching ``restriction``.
 
@@ -86,6 +90,7 @@ class Ensemble(dj.Manual):
                 or an SQL condition string. None: every trained model (of one dataset).
             comment: free text (at most 256 characters).
             fabrikant: who creates it; default from the environment / OS user.
+            table: the training table the members come from (one of :data:`MEMBER_KINDS`).
 
         Returns:
             The ensemble's key ``{dataset_fn, dataset_hash, ensemble_hash}``; the same members give
@@ -96,13 +101,16 @@ class Ensemble(dj.Manual):
         """
         if not isinstance(comment, str) or len(comment) > 256:
             raise ValueError("comment must be a string of at most 256 characters")
+        parts = dict(MEMBER_KINDS)
+        if table not in parts:
+            raise ValueError(f"ensemble members come from {[t.__name__ for t in parts]}, not {table!r}")
         if isinstance(restriction, dj.expression.QueryExpression):
             restriction = restriction.proj()  # restrict by its key only: its other columns may share names
-        query = TrainedModel() if restriction is None else TrainedModel() & restriction
+        query = table() if restriction is None else table() & restriction
         members = query.keys()
         if not members:
             raise ValueError(
-                f"the restriction {restriction!r} matches no trained model: ensembles are made of trained models "
+                f"the restriction {restriction!r} matches no row of {table.__name__}: ensembles are made of trained models "
                 "(run the workers first)"
             )
         datasets = sorted({tuple(m[k] for k in DATASET_KEY) for m in members})
@@ -113,7 +121,7 @@ class Ensemble(dj.Manual):
             )
         key = {
             **dict(zip(DATASET_KEY, datasets[0])),
-            "ensemble_hash": ensemble_hash([(TrainedModel.__name__, m) for m in members]),
+            "ensemble_hash": ensemble_hash([(table.__name__, m) for m in members]),
         }
         if cls() & key:
             return key
@@ -127,7 +135,7 @@ class Ensemble(dj.Manual):
                 },
                 skip_duplicates=True,  # a concurrent identical creation is fine
             )
-            cls.Member.insert([{**key, **m} for m in members], skip_duplicates=True)
+            getattr(cls, parts[table]).insert([{**key, **m} for m in members], skip_duplicates=True)
         return key
 
     @hybridmethod

@@ -87,8 +87,10 @@ def test_the_ensemble_hash_does_not_depend_on_member_order(trained) -> None:
     assert schemas.Ensemble.create(keys[:2]) != forward  # other members, another ensemble
     with pytest.raises(ValueError, match="twice"):
         ensemble_hash([("TrainedModel", keys[0]), ("TrainedModel", keys[0])])
-    with pytest.raises(ValueError, match="matches no trained model"):
+    with pytest.raises(ValueError, match="matches no row of TrainedModel"):
         schemas.Ensemble.create({"seed": 99})
+    with pytest.raises(ValueError, match="members come from"):
+        schemas.Ensemble.create(keys, table=schemas.DataInfo)
 
 
 def test_an_ensemble_is_scored_like_a_trained_model(trained) -> None:
