@@ -24,6 +24,8 @@ from .connection import (
     set_active,
 )
 from .data_info import DataInfo
+from .ensembles import Ensemble, EnsembleScore
+from .mei_tables import MEI, MEIMethod, MEISeed  # noqa: F401  (MEIMethod, MEISeed: declared here)
 from .neuron_scores import NeuronScore
 from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here)
 from .readout_parameters import ReadoutParameters
@@ -33,7 +35,7 @@ from .trained_model import TrainedModel
 __all__ = ["POPULATED", "VIEW_SETS", "activate", "computed_tables", "create_views", "drop_all"]
 
 #: the tables workers populate, in populate order (a table after the tables it reads)
-POPULATED = (DataInfo, TrainedModel, NeuronScore, ReadoutParameters)
+POPULATED = (DataInfo, TrainedModel, NeuronScore, ReadoutParameters, EnsembleScore, MEI)
 
 #: the SQL views of each training table
 VIEW_SETS = (
@@ -42,6 +44,15 @@ VIEW_SETS = (
         neurons_view=views.NEURON_VIEW,
         trained=TrainedModel,
         scores=NeuronScore,
+        readouts=ReadoutParameters,
+        data_info=DataInfo,
+    ),
+    views.MEIViewSet(
+        meis_view=views.MEI_VIEW,
+        meis=MEI,
+        ensemble=Ensemble,
+        scores=EnsembleScore,
+        trained=TrainedModel,
         readouts=ReadoutParameters,
         data_info=DataInfo,
     ),

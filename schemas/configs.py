@@ -22,12 +22,14 @@ from ._schema import schema
 from .settings import current_settings
 
 __all__ = [
+    "ConfigTable",
     "Dataset",
     "Experiments",
     "Fabrikant",
     "Model",
     "Seed",
     "Trainer",
+    "config_definition",
     "config_dict",
     "default_fabrikant",
 ]
@@ -104,9 +106,20 @@ def _fn_path(fn: str | Callable) -> str:
 
 
 class ConfigTable:
-    """Shared behaviour of Dataset, Model and Trainer (``_role`` names the columns' prefix)."""
+    """Shared behaviour of the config tables: Dataset, Model, Trainer, MEIMethod (``_role`` names the columns' prefix)."""
 
     _role: str = ""
+
+    @classmethod
+    def checked_config(cls, path: str, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """Validate ``config`` for the function ``path``; return the config to store and hash.
+
+        The default checks the keys against the function's signature
+        (:func:`pipeline.builder.validate_config`) and stores the config as given; a table whose
+        functions take a typed settings object (``MEIMethod``) overrides it.
+        """
+        validate_config(path, config, cls._role)
+        return config
 
     @classmethod
     def add_entry(
@@ -140,7 +153,7 @@ class ConfigTable:
         path = _fn_path(fn)
         if not isinstance(comment, str) or len(comment) > 256:
             raise ValueError("comment must be a string of at most 256 characters")
-        validate_config(path, config, role)
+        config = cls.checked_config(path, config)
         canonical_config(config)  # raises on anything not JSON-representable
         key = {f"{role}_fn": path, f"{role}_hash": config_hash(config)}
         table = cls()
@@ -172,7 +185,8 @@ def config_dict(value: Any) -> dict[str, Any]:
     return dict(value or {})
 
 
-def _config_definition(role: str, what: str) -> str:
+def config_definition(role: str, what: str) -> str:
+    """The definition of a config table whose columns are prefixed ``role`` (``<role>_fn``, ``<role>_hash`` ...)."""
     return f"""
     # {what}: function path and config, keyed by config hash
     {role}_fn: varchar({FN_LENGTH})   # dotted path of the {role} function
@@ -188,7 +202,7 @@ def _config_definition(role: str, what: str) -> str:
 @schema
 class Dataset(ConfigTable, dj.Manual):
     _role = "dataset"
-    definition = _config_definition(
+    definition = config_definition(
         "dataset", "datasets: dataset_fn(seed, **config) -> {tier: {data_key: loader}}"
     )
 
@@ -196,13 +210,13 @@ class Dataset(ConfigTable, dj.Manual):
 @schema
 class Model(ConfigTable, dj.Manual):
     _role = "model"
-    definition = _config_definition("model", "models: model_fn(dataloaders, seed, **config) -> nn.Module")
+    definition = config_definition("model", "models: model_fn(dataloaders, seed, **config) -> nn.Module")
 
 
 @schema
 class Trainer(ConfigTable, dj.Manual):
     _role = "trainer"
-    definition = _config_definition(
+    definition = config_definition(
         "trainer", "trainers: trainer_fn(model, dataloaders, seed, uid, cb, **config)"
     )
 

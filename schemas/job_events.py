@@ -48,7 +48,11 @@ def describe_key(key: Mapping[str, Any]) -> str:
     rest = {
         k: v for k, v in key.items() if not k.startswith(("dataset_", "model_", "trainer_")) and k != "seed"
     }
-    parts.extend(f"{k}={v}" for k, v in rest.items())
+    # other tables' functions and hashes (ensemble_hash, mei_fn, mei_hash ...) are shortened the same way
+    parts.extend(
+        f"{k}={str(v).rsplit('.', 1)[-1] if k.endswith('_fn') else str(v)[:8] if k.endswith('_hash') else v}"
+        for k, v in rest.items()
+    )
     return " ".join(parts)
 
 

@@ -245,7 +245,14 @@ class TrainingTable:
         return result
 
     def delete(self, *args, **kwargs):
-        """Delete trained models with their parts, dependents, progress rows and checkpoints."""
+        """Delete trained models with their parts, dependents, progress rows and checkpoints.
+
+        A trained model that is a member of an ensemble (a part row of ``Ensemble``) takes the
+        ensemble with it, and everything computed from the ensemble (scores, MEIs): DataJoint's
+        ``part_integrity="cascade"`` is the default here (pass ``part_integrity="enforce"`` to be
+        refused instead).
+        """
+        kwargs.setdefault("part_integrity", "cascade")
         keys = self.proj().to_dicts()
         result = super().delete(*args, **kwargs)
         # progress and checkpoints reference the parents (the master row does not exist while

@@ -12,6 +12,9 @@ from the tables' own definitions (key columns from their headings, score names f
 ``NEURON_SCORE_NAMES``, readout names from ``NEURON_PARAMETER_KEYS``). This module imports no table:
 :mod:`schemas.binding` passes them in. :func:`neurons` reads ``neurons_view`` into pandas (the
 reports use it).
+
+For MEIs (a :class:`MEIViewSet`): ``meis_view``, one row per MEI with the neuron's ensemble scores
+and its readout position averaged over the ensemble's members; :func:`meis` reads it.
 """
 
 from __future__ import annotations
@@ -27,10 +30,21 @@ from ._dj_compat import quote_identifier
 from .columns import DATASET_KEY, SCALAR_PARAMETERS, SUMMARY_COLUMNS, neuron_score_columns
 from .connection import active_connection, schema_name
 
-__all__ = ["NEURON_VIEW", "TRAINED_MODEL_VIEW", "ViewSet", "create_views", "drop_views", "neurons"]
+__all__ = [
+    "MEI_VIEW",
+    "NEURON_VIEW",
+    "TRAINED_MODEL_VIEW",
+    "MEIViewSet",
+    "ViewSet",
+    "create_views",
+    "drop_views",
+    "meis",
+    "neurons",
+]
 
 TRAINED_MODEL_VIEW = "trained_models_view"
 NEURON_VIEW = "neurons_view"
+MEI_VIEW = "meis_view"
 
 #: the neuron columns of the views (besides the keys), from ``DataInfo.Neuron``
 _NEURON_COLUMNS = ("neuron_index", "area", "layer", "cortex_x", "cortex_y", "cortex_z")
@@ -59,6 +73,39 @@ class ViewSet:
 
     def names(self) -> tuple[str, str]:
         return (self.models_view, self.neurons_view)
+
+    def statements(self, connection, database: str) -> dict[str, str]:
+        """``{view name: SELECT}`` for the connection's backend."""
+        return _view_statements(connection, database, self)
+
+
+@dataclass(frozen=True)
+class MEIViewSet:
+    """The view of MEIs (``meis_view``): one row per MEI, with the neuron's scores and readout position.
+
+    Attributes:
+        meis_view: the view's name.
+        meis: the MEI table (part ``Unit``: one row per neuron).
+        ensemble: the ensemble table (part ``Member`` referencing ``trained``).
+        scores: the ensemble's score table (part ``Unit``).
+        trained, readouts: the members' training table and its readout table (part ``Unit``).
+        data_info: the ``DataInfo`` table (part ``Neuron``).
+    """
+
+    meis_view: str
+    meis: type
+    ensemble: type
+    scores: type
+    trained: type
+    readouts: type
+    data_info: type
+
+    def names(self) -> tuple[str]:
+        return (self.meis_view,)
+
+    def statements(self, connection, database: str) -> dict[str, str]:
+        """``{view name: SELECT}`` for the connection's backend."""
+        return {self.meis_view: _mei_view_statement(connection, database, self)}
 
 
 def _view_statements(connection, database: str, views: ViewSet) -> dict[str, str]:
@@ -112,7 +159,55 @@ def _view_statements(connection, database: str, views: ViewSet) -> dict[str, str
     return {views.models_view: trained, views.neurons_view: neurons}
 
 
-def create_views(connection, database: str, view_sets: Iterable[ViewSet]) -> None:
+def _mei_view_statement(connection, database: str, views: MEIViewSet) -> str:
+    """One row per MEI: the ensemble, method and seed, the neuron, the MEI's scalars, the ensemble's
+    validation and test correlation of the neuron, and its readout position averaged over the members."""
+    q = quote_identifier(connection)
+
+    def table(cls) -> str:
+        return f"{q(database)}.{q(cls.table_name)}"
+
+    def on(left: str, right: str, columns) -> str:
+        return " AND ".join(f"{left}.{q(c)} = {right}.{q(c)}" for c in columns)
+
+    def columns(alias: str, names: Iterable[str]) -> str:
+        return ", ".join(f"{alias}.{q(c)}" for c in names)
+
+    mei_key = list(views.meis().primary_key)
+    ensemble_key = list(views.ensemble().primary_key)
+    neuron_key = [c for c in views.data_info.Neuron().primary_key if c not in DATASET_KEY]
+    member_key = list(views.trained().primary_key)
+    scalars = ("activation", "relative_activation", "norm", "steps", "converged")
+    group = columns("u", (*ensemble_key, *neuron_key))
+    scores = f"""
+        SELECT {group},
+               MAX(CASE WHEN u.{q("tier")} = 'validation' THEN u.{q("correlation")} END) AS {q("validation_correlation")},
+               MAX(CASE WHEN u.{q("tier")} = 'test' THEN u.{q("correlation")} END) AS {q("test_correlation")}
+        FROM {table(views.scores.Unit)} u
+        GROUP BY {group}
+    """
+    member_group = ", ".join([*(f"m.{q(c)}" for c in ensemble_key), *(f"r.{q(c)}" for c in neuron_key)])
+    positions = f"""
+        SELECT {member_group},
+               AVG(r.{q("mu_x")}) AS {q("mu_x")}, AVG(r.{q("mu_y")}) AS {q("mu_y")}
+        FROM {table(views.ensemble.Member)} m
+        JOIN {table(views.readouts.Unit)} r ON {on("m", "r", member_key)}
+        GROUP BY {member_group}
+    """
+    return f"""
+        SELECT {columns("u", (*mei_key, *(c for c in neuron_key if c not in mei_key)))},
+               {columns("n", ("neuron_index", "area", "layer", "cortex_x", "cortex_y", "cortex_z"))},
+               {columns("u", scalars)}, u.{q("seconds")},
+               {columns("s", ("validation_correlation", "test_correlation"))},
+               {columns("p", ("mu_x", "mu_y"))}
+        FROM {table(views.meis.Unit)} u
+        JOIN {table(views.data_info.Neuron)} n ON {on("u", "n", (*DATASET_KEY, *neuron_key))}
+        LEFT JOIN ({scores}) s ON {on("u", "s", (*ensemble_key, *neuron_key))}
+        LEFT JOIN ({positions}) p ON {on("u", "p", (*ensemble_key, *neuron_key))}
+    """
+
+
+def create_views(connection, database: str, view_sets: Iterable[ViewSet | MEIViewSet]) -> None:
     """Create (or replace) the views of every view set in ``database`` (a MySQL database / PostgreSQL schema).
 
     Safe when several workers activate at once: a failed replace is retried after the view was
@@ -120,7 +215,7 @@ def create_views(connection, database: str, view_sets: Iterable[ViewSet]) -> Non
     """
     q = quote_identifier(connection)
     for views in view_sets:
-        for name, select in _view_statements(connection, database, views).items():
+        for name, select in views.statements(connection, database).items():
             view = f"{q(database)}.{q(name)}"
             try:
                 connection.query(f"CREATE OR REPLACE VIEW {view} AS {select}")
@@ -142,7 +237,7 @@ def _view_exists(connection, database: str, name: str) -> bool:
     return bool(rows[0][0])
 
 
-def drop_views(connection, database: str, view_sets: Iterable[ViewSet]) -> None:
+def drop_views(connection, database: str, view_sets: Iterable[ViewSet | MEIViewSet]) -> None:
     """Drop the views of every view set from ``database`` if they exist."""
     q = quote_identifier(connection)
     for views in view_sets:
@@ -165,6 +260,25 @@ def neurons(key: Mapping[str, Any] | None = None, view: str = NEURON_VIEW) -> pd
     Raises:
         ValueError: a key column the view does not have.
     """
+    return _read_view(view, key)
+
+
+def meis(key: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One row per MEI (ensemble, method, seed, neuron), read from ``meis_view`` of the active schema.
+
+    Args:
+        key: column values every row must have, e.g. an ensemble's key and ``mei_hash``.
+
+    Returns:
+        The keys, ``data_key``, ``unit_id``, the neuron's position and cortex coordinates, the MEI's
+        ``activation``, ``relative_activation``, ``norm``, ``steps``, ``converged``, ``seconds``, the
+        ensemble's ``validation_correlation`` and ``test_correlation`` of the neuron and the members'
+        mean readout position ``mu_x``, ``mu_y`` (the images are in ``MEI.Unit``).
+    """
+    return _read_view(MEI_VIEW, key)
+
+
+def _read_view(view: str, key: Mapping[str, Any] | None) -> pd.DataFrame:
     conn = active_connection()
     q = quote_identifier(conn)
     where, args = "", []

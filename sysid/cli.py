@@ -234,12 +234,16 @@ def register(file: Path, dry_run: bool) -> None:
             hidden_channels: 32
             grid: {layers: [2, 3], gamma_readout: [0.1, 1.0]}   # 4 entries
       trainer: {fn: pipeline.training.standard_trainer, config: {max_iter: 100}}
+      mei_method: {fn: pipeline.mei.optimize_meis, config: {norm: 10.0}}   # optional
+      mei_seeds: [0]                                                      # optional
 
     \b
     A `grid:` block inside a config maps names to lists; every combination becomes one
     entry (dotted names such as `grid_mean_predictor.hidden_features` reach nested dicts).
     Every dataset x model x trainer x seed combination is one model for the workers to train.
-    All entries are validated (function imports, config keys accepted) before any is inserted.
+    MEI methods (a file may hold only those) are computed for every ensemble (`sysid ensemble
+    create`) x MEI method x MEI seed. All entries are validated (function imports, config keys
+    accepted; MEI settings by pipeline.mei.MEIConfig) before any is inserted.
     See examples/demo_grid.yaml.
 
     \b
@@ -247,7 +251,7 @@ def register(file: Path, dry_run: bool) -> None:
       sysid register examples/demo_grid.yaml --dry-run
       sysid register examples/demo_grid.yaml
     """
-    from .register import SECTIONS, load_file, parse_plan, register_plan, validate_plan
+    from .register import MEI_SECTION, SECTIONS, load_file, parse_plan, register_plan, validate_plan
     from .render import plan_table
 
     doc = load_file(file)
@@ -259,13 +263,104 @@ def register(file: Path, dry_run: bool) -> None:
         console.print(plan_table(entries, f"{file} (dry run: nothing written)"))
     else:
         keys = register_plan(plan, _activate())
-        flat_keys = [k for section in SECTIONS for k in keys[section]]
+        flat_keys = [k for section in (*SECTIONS, MEI_SECTION) for k in keys[section]]
         console.print(plan_table(entries, f"registered from {file}", keys=flat_keys))
-    counts = " x ".join(f"{len(plan.entries[s])} {s}" for s in SECTIONS)
-    experiment = f" in experiment {plan.experiment['name']!r}" if plan.experiment else ""
-    console.print(
-        f"{counts} x {len(plan.seeds)} seed(s) = [bold]{plan.n_combinations}[/bold] model(s) to train{experiment}"
+    if any(plan.entries[s] for s in SECTIONS):
+        counts = " x ".join(f"{len(plan.entries[s])} {s}" for s in SECTIONS)
+        experiment = f" in experiment {plan.experiment['name']!r}" if plan.experiment else ""
+        console.print(
+            f"{counts} x {len(plan.seeds)} seed(s) = [bold]{plan.n_combinations}[/bold] model(s) to train{experiment}"
+        )
+    if plan.entries[MEI_SECTION] or plan.mei_seeds:
+        console.print(
+            f"{len(plan.entries[MEI_SECTION])} MEI method(s), MEI seed(s) {plan.mei_seeds or 'none new'}: MEIs of "
+            "every ensemble (`sysid ensemble create`) x method x seed"
+        )
+
+
+# ------------------------------------------------------------------------------------ ensemble
+
+
+@cli.group(cls=_Group, context_settings=CONTEXT)
+def ensemble() -> None:
+    """Ensembles: trained models of one dataset whose predictions are averaged (and their MEIs).
+
+    \b
+    Examples:
+      sysid ensemble create --model 3f9a2c      # every seed of one model config
+      sysid ensemble list
+    """
+
+
+@ensemble.command("create", context_settings=CONTEXT)
+@click.option("--model", "model", metavar="HASH", default=None, help="Model hash (any unique prefix).")
+@click.option("--dataset", "dataset", metavar="HASH", default=None, help="Dataset hash (prefix).")
+@click.option("--trainer", "trainer", metavar="HASH", default=None, help="Trainer hash (prefix).")
+@click.option(
+    "--seed", "seeds", type=int, multiple=True, help="Only this seed (repeatable; default: every seed)."
+)
+@click.option("--experiment", default=None, help="Only the models of this experiment.")
+@click.option("--comment", default="", help="Free text stored with the ensemble.")
+def ensemble_create(
+    model: str | None,
+    dataset: str | None,
+    trainer: str | None,
+    seeds: tuple[int, ...],
+    experiment: str | None,
+    comment: str,
+) -> None:
+    """Make an ensemble of every trained model that matches the options (all of one dataset).
+
+    \b
+    The ensemble is keyed by its dataset and the hash of its sorted member keys: the same members
+    give the same ensemble (nothing new is written). Workers then score it (EnsembleScore) and
+    compute its MEIs for every MEI method x MEI seed (`sysid register` a `mei_method:` section).
+    A single model's MEIs are those of its one-member ensemble.
+
+    \b
+    Examples:
+      sysid ensemble create --model 3f9a2c                 # every seed of one model config
+      sysid ensemble create --model 3f9a2c --seed 1 --seed 2 --trainer 11be
+      sysid ensemble create --model 3f9a2c --seed 1        # one model, for its MEIs
+      sysid ensemble list
+    """
+    from schemas.job_events import describe_key
+
+    from .ensembles import member_restriction
+
+    schemas = _activate()
+    try:
+        query = member_restriction(schemas, model, dataset, trainer, seeds, experiment)
+        key = schemas.Ensemble.create(query, comment=comment)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    members = (schemas.Ensemble.Member & key).to_dicts(order_by="seed")
+    click.echo(
+        f"ensemble {key['ensemble_hash'][:12]} of dataset {describe_key(key)}: {len(members)} member(s)"
     )
+    for member in members:
+        click.echo(
+            f"  {describe_key({k: member[k] for k in ('model_fn', 'model_hash', 'trainer_fn', 'trainer_hash', 'seed')})}"
+        )
+
+
+@ensemble.command("list", context_settings=CONTEXT)
+def ensemble_list() -> None:
+    """The ensembles with their members, test correlation (once scored) and MEI sessions.
+
+    \b
+    Examples:
+      sysid ensemble list
+      sysid ensemble create --help
+    """
+    from .ensembles import ensemble_overview
+    from .render import dataframe_table
+
+    table = ensemble_overview(_activate())
+    if table.empty:
+        click.echo("no ensembles yet: sysid ensemble create --help")
+        return
+    _console().print(dataframe_table(table, title=f"ensembles ({len(table)})"))
 
 
 # -------------------------------------------------------------------------------------- worker
@@ -526,7 +621,8 @@ def report(key: str | None, best: bool, out_dir: Path) -> None:
     \b
     Plots: rf_positions.png (learned mu_x/mu_y coloured by correlation, and over cortex),
     learning_curves.png, correlation_hist.png, correlation_vs_oracle.png (when the data have
-    repeated test images).
+    repeated test images), meis.png (the MEIs of the best-predicted neurons, with activation
+    and correlation, of the best ensemble the model belongs to, once workers computed them).
     """
     from .report import write_report
     from .report_data import fetch_report_data, parse_key_argument
@@ -535,7 +631,14 @@ def report(key: str | None, best: bool, out_dir: Path) -> None:
         raise click.UsageError("give either KEY or --best")
     schemas = _activate()
     data = fetch_report_data(schemas, parse_key_argument(key) if key else None)
-    paths = write_report(out_dir, neurons=data.neurons, progress=data.progress, title=data.title)
+    paths = write_report(
+        out_dir,
+        neurons=data.neurons,
+        progress=data.progress,
+        title=data.title,
+        meis=data.meis,
+        meis_title=data.meis_title,
+    )
     from schemas.job_events import describe_key
 
     click.echo(f"model: {describe_key(data.key)}  score {data.score:.3f}")

@@ -22,10 +22,16 @@ File format (YAML shown; the same structure in JSON works)::
     trainer:
       fn: pipeline.training.standard_trainer
       config: {max_iter: 50}
+    mei_method:                 # optional: MEI methods (MEIMethod), validated by pipeline.mei.MEIConfig
+      fn: pipeline.mei.optimize_meis
+      config: {norm: 10.0, blur_sigma: 1.0, grid: {jitter: [0, 2]}}
+    mei_seeds: [0]              # optional: seeds of the MEIs' initial noise (MEISeed)
 
 Lists outside a ``grid:`` block are ordinary values (e.g. ``paths``). The trained models are every
 combination dataset × model × trainer × seed. Every entry is validated (its function imports and
-accepts the config keys) before anything is written to the database.
+accepts the config keys; an MEI method's config by its settings class, unknown keys refused) before
+anything is written to the database. A file may hold only ``mei_method``/``mei_seeds`` (no training
+sections): MEIs are computed for every ensemble × MEI method × MEI seed × session.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any
 from schemas.columns import CONFIG_ROLES
 
 __all__ = [
+    "MEI_SECTION",
     "SECTIONS",
     "Entry",
     "Plan",
@@ -54,7 +61,10 @@ __all__ = [
 
 #: the config sections of a registration file, in the order they are shown and inserted
 SECTIONS = CONFIG_ROLES
-_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant"}
+#: the optional section of MEI methods (rows of ``MEIMethod``) and the key of the MEI seeds
+MEI_SECTION = "mei_method"
+MEI_SEEDS = "mei_seeds"
+_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant", MEI_SECTION, MEI_SEEDS}
 _ENTRY_KEYS = {"fn", "config", "comment"}
 
 
@@ -90,9 +100,16 @@ class Entry:
 
     @property
     def hash(self) -> str:
-        """The config hash the database keys this entry by (``pipeline.builder.config_hash``)."""
+        """The config hash the database keys this entry by (``pipeline.builder.config_hash``).
+
+        An MEI method is keyed by its complete settings (defaults filled in), as ``MEIMethod`` stores it.
+        """
         from pipeline.builder import config_hash
 
+        if self.section == MEI_SECTION:
+            from pipeline.mei import validate_method
+
+            return config_hash(validate_method(self.fn, self.config)[1].model_dump(mode="json"))
         return config_hash(self.config)
 
     def summary(self, width: int = 60) -> str:
@@ -107,7 +124,8 @@ class Plan:
     """Everything a registration file asks for, expanded and ready to validate and insert.
 
     Attributes:
-        entries: mapping section -> list of entries (grids already expanded, duplicates removed).
+        entries: mapping section -> list of entries (grids already expanded, duplicates removed);
+            the training sections and ``mei_method``.
         seeds: the seeds (ints >= 0).
         experiment: ``{"name": str, "comment": str}`` or None.
         fabrikant: ``{"name": str, "email": ..., "affiliation": ...}`` or None.
@@ -117,18 +135,21 @@ class Plan:
     seeds: list[int]
     experiment: dict[str, str] | None = None
     fabrikant: dict[str, str] | None = None
+    mei_seeds: list[int] = field(default_factory=list)
 
     @property
     def n_combinations(self) -> int:
-        """Number of models to train: datasets × models × trainers × seeds."""
+        """Number of models to train: datasets × models × trainers × seeds (0 for an MEI-only file)."""
+        if not any(self.entries.get(section) for section in SECTIONS):
+            return 0
         n = len(self.seeds)
         for section in SECTIONS:
             n *= len(self.entries[section])
         return n
 
     def all_entries(self) -> list[Entry]:
-        """All entries, datasets first, then models, then trainers."""
-        return [e for section in SECTIONS for e in self.entries[section]]
+        """All entries, datasets first, then models, then trainers, then MEI methods."""
+        return [e for section in (*SECTIONS, MEI_SECTION) for e in self.entries.get(section, [])]
 
 
 def _short(value: Any, width: int = 24) -> str:
@@ -269,15 +290,15 @@ def _parse_section(section: str, raw: Any, problems: list[str]) -> list[Entry]:
     return entries
 
 
-def _parse_seeds(raw: Any, problems: list[str]) -> list[int]:
+def _parse_seeds(raw: Any, problems: list[str], name: str = "seeds") -> list[int]:
     seeds = []
     for value in _as_list(raw):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            problems.append(f"seeds: each seed must be a non-negative integer, got {value!r}")
+            problems.append(f"{name}: each seed must be a non-negative integer, got {value!r}")
         elif value not in seeds:
             seeds.append(value)
     if not seeds and not problems:
-        problems.append("seeds: give at least one seed")
+        problems.append(f"{name}: give at least one seed")
     return seeds
 
 
@@ -311,23 +332,37 @@ def parse_plan(doc: Mapping[str, Any], source: str = "registration file") -> Pla
     if unknown:
         problems.append(f"unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
     entries: dict[str, list[Entry]] = {}
+    # a file of MEI methods only needs no training sections
+    mei_only = not any(k in doc for k in (*SECTIONS, "seeds")) and any(
+        k in doc for k in (MEI_SECTION, MEI_SEEDS)
+    )
     for section in SECTIONS:
         if doc.get(section) is None:
-            problems.append(f"missing section {section!r} (needs 'fn' and 'config')")
+            if not mei_only:
+                problems.append(f"missing section {section!r} (needs 'fn' and 'config')")
             entries[section] = []
         else:
             entries[section] = _parse_section(section, doc[section], problems)
     seeds = _parse_seeds(doc.get("seeds"), problems) if "seeds" in doc else []
-    if "seeds" not in doc:
+    if "seeds" not in doc and not mei_only:
         problems.append("missing 'seeds' (one int or a list of ints)")
+    entries[MEI_SECTION] = (
+        _parse_section(MEI_SECTION, doc[MEI_SECTION], problems) if doc.get(MEI_SECTION) is not None else []
+    )
+    mei_seeds = _parse_seeds(doc[MEI_SEEDS], problems, MEI_SEEDS) if MEI_SEEDS in doc else []
     experiment = _parse_named("experiment", doc.get("experiment"), problems, {"name", "comment"})
     fabrikant = _parse_named("fabrikant", doc.get("fabrikant"), problems, {"name", "email", "affiliation"})
     if problems:
         raise RegistrationError(problems, source)
-    return Plan(entries=entries, seeds=seeds, experiment=experiment, fabrikant=fabrikant)
+    return Plan(entries=entries, seeds=seeds, experiment=experiment, fabrikant=fabrikant, mei_seeds=mei_seeds)
 
 
 def _default_validator(fn: str, config: dict[str, Any], role: str) -> None:
+    if role == MEI_SECTION:
+        from pipeline.mei import validate_method
+
+        validate_method(fn, config)
+        return
     from pipeline.builder import validate_config
 
     validate_config(fn, config, role)
@@ -345,8 +380,9 @@ def validate_plan(
 
     Args:
         plan: from :func:`parse_plan`.
-        validator: ``validator(fn, config, role)`` (role: "dataset", "model" or "trainer") raising
-            on a bad entry; default ``pipeline.builder.validate_config``.
+        validator: ``validator(fn, config, role)`` (role: "dataset", "model", "trainer" or
+            "mei_method") raising on a bad entry; default ``pipeline.builder.validate_config``
+            (``pipeline.mei.validate_method`` for MEI methods).
         source: the file name, used in error messages.
 
     Raises:
@@ -385,8 +421,9 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
         schemas: the activated ``schemas`` package.
 
     Returns:
-        ``{"dataset": [key, ...], "model": [...], "trainer": [...], "seed": [{"seed": s}, ...]}``,
-        keys in the order of ``plan`` (existing rows are reused, not duplicated).
+        ``{"dataset": [key, ...], "model": [...], "trainer": [...], "seed": [{"seed": s}, ...],
+        "mei_method": [...], "mei_seed": [{"mei_seed": s}, ...]}``, keys in the order of ``plan``
+        (existing rows are reused, not duplicated).
     """
     fabrikant = _fabrikant_name(schemas, plan.fabrikant)
     tables = {"dataset": schemas.Dataset, "model": schemas.Model, "trainer": schemas.Trainer}
@@ -397,8 +434,16 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
             dict(table.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
             for e in plan.entries[section]
         ]
-    schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
+    if plan.seeds:
+        schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
     keys["seed"] = [{"seed": s} for s in plan.seeds]
+    keys[MEI_SECTION] = [
+        dict(schemas.MEIMethod.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
+        for e in plan.entries.get(MEI_SECTION, [])
+    ]
+    if plan.mei_seeds:
+        schemas.MEISeed().insert([{"mei_seed": s} for s in plan.mei_seeds], skip_duplicates=True)
+    keys["mei_seed"] = [{"mei_seed": s} for s in plan.mei_seeds]
     if plan.experiment is not None:
         _add_experiment(schemas, plan.experiment, fabrikant, keys)
     return keys

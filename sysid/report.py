@@ -16,6 +16,7 @@ import pandas as pd
 __all__ = [
     "plot_correlation_histogram",
     "plot_learning_curves",
+    "plot_mei_grid",
     "plot_oracle_scatter",
     "plot_rf_positions",
     "write_report",
@@ -214,6 +215,55 @@ def plot_oracle_scatter(
     return _finish(fig, path)
 
 
+def plot_mei_grid(
+    meis: pd.DataFrame,
+    path: str | Path | None = None,
+    n: int = 16,
+    columns: int = 4,
+    title: str = "",
+) -> Any:
+    """The MEIs of the best-predicted neurons in a grid, each titled with its activation and correlation.
+
+    Args:
+        meis: one row per neuron: ``image`` ((C, H, W) or (H, W) array), ``correlation`` (the
+            model's test correlation of the neuron), ``activation``, ``unit_id``; optionally
+            ``relative_activation`` and ``data_key``.
+        path: PNG to write (None: only return the figure).
+        n: at most this many neurons, the highest ``correlation`` first.
+        columns: panels per row.
+        title: a title above the grid.
+
+    Every panel uses a grey scale symmetric about 0 (the data's mean grey), the same for all panels,
+    so contrast is comparable across neurons (all MEIs of one method have the same norm).
+    """
+    _require(meis, ["image", "correlation", "activation", "unit_id"], "MEI grid")
+    if n < 1 or columns < 1:
+        raise ValueError(f"n and columns must be positive, got n={n}, columns={columns}")
+    plt = _pyplot()
+    rows = meis.sort_values("correlation", ascending=False, na_position="last").head(n)
+    images = [np.asarray(image, dtype=np.float64) for image in rows["image"]]
+    images = [image[0] if image.ndim == 3 else image for image in images]  # the first (luminance) channel
+    limit = max(float(np.abs(image).max()) for image in images) or 1.0
+    ncols = min(columns, len(images))
+    nrows = int(np.ceil(len(images) / ncols))
+    height, width = images[0].shape
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows * height / width + 0.6 * nrows), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, (_, row) in zip(axes.ravel(), images, rows.iterrows()):
+        ax.imshow(image, cmap="gray", vmin=-limit, vmax=limit, interpolation="nearest")
+        relative = row.get("relative_activation")
+        activation = f"act {row['activation']:.2f}" + (
+            f" ({relative:.1f}x mean)" if relative is not None and np.isfinite(relative) else ""
+        )
+        ax.set_title(f"unit {int(row['unit_id'])}  r={row['correlation']:.2f}\n{activation}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _finish(fig, path)
+
+
 def write_report(
     out_dir: str | Path,
     neurons: pd.DataFrame | None = None,
@@ -221,6 +271,8 @@ def write_report(
     title: str = "",
     correlation: str = "correlation",
     oracle: str = "oracle",
+    meis: pd.DataFrame | None = None,
+    meis_title: str = "",
 ) -> list[Path]:
     """Write every plot the data allow into ``out_dir``.
 
@@ -232,10 +284,13 @@ def write_report(
         title: a title for every plot (e.g. the model's key).
         correlation: per-neuron correlation column of ``neurons``.
         oracle: per-neuron oracle-correlation column of ``neurons``.
+        meis: one row per neuron of an ensemble's MEIs (see :func:`plot_mei_grid`), or None.
+        meis_title: the MEI grid's title (which ensemble, method and seed).
 
     Returns:
         Paths of the PNGs written: ``rf_positions.png`` (needs mu_x/mu_y), ``learning_curves.png``,
-        ``correlation_hist.png``, ``correlation_vs_oracle.png`` (needs finite oracle values).
+        ``correlation_hist.png``, ``correlation_vs_oracle.png`` (needs finite oracle values),
+        ``meis.png`` (with ``meis``).
     """
     out = Path(out_dir)
     written: list[Path] = []
@@ -252,4 +307,7 @@ def write_report(
         if oracle in neurons.columns and neurons[[oracle, correlation]].notna().all(axis=1).any():
             written.append(out / "correlation_vs_oracle.png")
             plot_oracle_scatter(neurons, written[-1], x=oracle, y=correlation, title=title)
+    if meis is not None and len(meis):
+        written.append(out / "meis.png")
+        plot_mei_grid(meis, written[-1], title=meis_title)
     return written

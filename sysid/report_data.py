@@ -11,7 +11,14 @@ import pandas as pd
 from schemas.job_events import describe_key
 from schemas.trained_model import TRAINED_MODEL_KEY
 
-__all__ = ["ReportData", "fetch_report_data", "parse_key_argument", "report_neurons", "select_model"]
+__all__ = [
+    "ReportData",
+    "fetch_report_data",
+    "parse_key_argument",
+    "report_meis",
+    "report_neurons",
+    "select_model",
+]
 
 
 @dataclass
@@ -26,6 +33,8 @@ class ReportData:
             validation), ``oracle``.
         progress: one row per epoch: ``epoch``, ``train_loss``, ``val_correlation``.
         title: a short description for plot titles.
+        meis: the MEIs of the best ensemble the model is a member of (:func:`report_meis`), or None.
+        meis_title: which ensemble, method and seed they are.
     """
 
     key: dict[str, Any]
@@ -33,6 +42,8 @@ class ReportData:
     neurons: pd.DataFrame | None
     progress: pd.DataFrame | None
     title: str
+    meis: pd.DataFrame | None = None
+    meis_title: str = ""
 
 
 def parse_key_argument(text: str) -> dict[str, Any]:
@@ -137,4 +148,56 @@ def fetch_report_data(schemas: Any, spec: Mapping[str, Any] | None = None) -> Re
     # plot titles: the model and seed identify the run within a dataset/trainer; the full key is in the log
     short = describe_key({k: key[k] for k in ("model_fn", "model_hash", "seed")})
     title = f"{short}  score {float(row['score']):.3f}"
-    return ReportData(key=key, score=float(row["score"]), neurons=neurons, progress=progress, title=title)
+    meis, meis_title = report_meis(schemas, key)
+    return ReportData(
+        key=key,
+        score=float(row["score"]),
+        neurons=neurons,
+        progress=progress,
+        title=title,
+        meis=meis,
+        meis_title=meis_title,
+    )
+
+
+def report_meis(schemas: Any, key: Mapping[str, Any]) -> tuple[pd.DataFrame | None, str]:
+    """The MEIs of the best-scored ensemble that has ``key`` (a trained model) as a member and has MEIs.
+
+    Of that ensemble, the MEIs of its first method (by hash) and smallest seed, one row per neuron:
+    ``data_key``, ``unit_id``, ``image``, ``activation``, ``relative_activation``, ``correlation``
+    (the ensemble's test correlation of the neuron; validation where there is no test tier).
+
+    Returns:
+        ``(rows, title)``, or ``(None, "")`` when no ensemble of the model has MEIs.
+    """
+    ensembles = (schemas.Ensemble & (schemas.Ensemble.Member & dict(key)).proj()).proj()
+    computed = (schemas.MEI & ensembles).proj().to_dicts()
+    if not computed:
+        return None, ""
+    ensemble_key = ("dataset_fn", "dataset_hash", "ensemble_hash")
+    scores = {
+        tuple(r[k] for k in ensemble_key): r["test_correlation"]
+        if r["test_correlation"] is not None
+        else -1.0
+        for r in (schemas.EnsembleScore & ensembles).to_dicts()
+    }
+    # the best-scored ensemble, then its first method (by hash), then its smallest seed
+    best = min(
+        computed,
+        key=lambda r: (-scores.get(tuple(r[k] for k in ensemble_key), -2.0), r["mei_hash"], r["mei_seed"]),
+    )
+    choice = {k: best[k] for k in (*ensemble_key, "mei_fn", "mei_hash", "mei_seed")}
+    rows = schemas.meis(choice)
+    images = pd.DataFrame((schemas.MEI.Unit & choice).proj("image").to_dicts())[
+        ["data_key", "unit_id", "image"]
+    ]
+    rows = rows.merge(images, on=["data_key", "unit_id"])
+    for column in ("test_correlation", "validation_correlation", "activation", "relative_activation"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    rows["correlation"] = rows["test_correlation"].fillna(rows["validation_correlation"])
+    members = len(schemas.Ensemble.Member & choice)
+    title = (
+        f"MEIs of ensemble {choice['ensemble_hash'][:8]} ({members} member(s)), method "
+        f"{choice['mei_hash'][:8]}, seed {choice['mei_seed']}: best-predicted neurons"
+    )
+    return rows, title

@@ -66,6 +66,14 @@ def _delete_everything() -> None:
         if table.jobs.is_declared:
             table.jobs.delete_quick()
     ordered = [
+        schemas.MEI.Unit,
+        schemas.MEI,
+        schemas.EnsembleScore.Unit,
+        schemas.EnsembleScore,
+        schemas.Ensemble.Member,
+        schemas.Ensemble,
+        schemas.MEIMethod,
+        schemas.MEISeed,
         schemas.NeuronScore.Unit,
         schemas.NeuronScore,
         schemas.ReadoutParameters.Unit,

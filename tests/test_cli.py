@@ -23,7 +23,7 @@ from tests.fixtures_db import quiet_datajoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["db", "db start", "db stop", "db status", "db url", "register", "worker", "status", "errors"]
-COMMANDS += ["results", "report", "demo"]
+COMMANDS += ["results", "report", "demo", "ensemble", "ensemble create", "ensemble list"]
 PNG_NAMES = {"learning_curves.png", "correlation_hist.png", "rf_positions.png", "correlation_vs_oracle.png"}
 
 
@@ -216,8 +216,38 @@ def test_register_workers_status_results_report(cli):
     assert len({re.sub(r"^.*TrainedModel ", "", t).split(" (")[0] for t in trained}) == 4
     assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", t) for t in trained)  # timestamped
     assert all("seed=" in t and "model=stacked_core_full_gauss_readout:" in t for t in trained)
+    # an ensemble of every seed of each model, and an MEI method from YAML; one more worker run
+    ensembles = {}
+    for model_hash in sorted(hashes):
+        created = run_sysid(
+            ["ensemble", "create", "--model", model_hash[:10], "--comment", "both seeds"], cli.env
+        )
+        assert "2 member(s)" in created.stdout and "seed=1" in created.stdout and "seed=2" in created.stdout
+        ensembles[model_hash] = created.stdout.split()[1]
+    # the same members again: the same ensemble, nothing new
+    again = invoke(
+        ["ensemble", "create", "--model", sorted(hashes)[0][:10], "--seed", "2", "--seed", "1"], cli.env
+    )
+    assert again.exit_code == 0 and again.output.split()[1] == ensembles[sorted(hashes)[0]]
+    refused = invoke(["ensemble", "create", "--model", "zz"], cli.env)
+    assert refused.exit_code == 1 and "hexadecimal" in refused.output
+    mei_file = write_yaml(
+        cli.folder / "meis.yaml",
+        {
+            "mei_method": {"fn": "pipeline.mei.optimize_meis", "config": {"norm": 5.0, "max_steps": 10}},
+            "mei_seeds": [0],
+        },
+    )
+    registered_meis = run_sysid(["register", str(mei_file)], cli.env)
+    assert "1 MEI method(s)" in registered_meis.stdout
+    mei_worker = start_sysid(["worker", "--once", "--threads", "1", "--device", "cpu"], cli.env)
+    logs.append(mei_worker.communicate(timeout=180)[0])
+    assert mei_worker.returncode == 0, logs[-1]
+    listed = run_sysid(["ensemble", "list"], cli.env).stdout
+    assert "ensembles (2)" in listed and "both seeds" in listed
     # every populated table logs each of its jobs from its own make steps: one start, one done per row
     cli.activate()
+    assert len(schemas.Ensemble()) == 2 and len(schemas.MEI()) == 2 and len(schemas.EnsembleScore()) == 2
     lines = [line for log in logs for line in log.splitlines()]
     for name, table in schemas.computed_tables().items():
         starts = [line for line in lines if f"start {name} " in line]
@@ -246,7 +276,7 @@ def test_register_workers_status_results_report(cli):
     out = cli.folder / "report"
     report = run_sysid(["report", "--best", "--out", str(out)], cli.env)
     assert f"score {max(scores):.3f}" in report.stdout
-    assert {p.name for p in out.glob("*.png")} == PNG_NAMES
+    assert {p.name for p in out.glob("*.png")} == PNG_NAMES | {"meis.png"}
     assert all(p.stat().st_size > 5000 for p in out.glob("*.png"))
     some_hash = sorted(hashes)[0]
     one = invoke(["report", f"{some_hash[:10]},seed=1", "--out", str(cli.folder / "one")], cli.env)

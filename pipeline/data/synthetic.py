@@ -35,13 +35,22 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["make_synthetic_dataset", "load_ground_truth", "zip_dataset", "gabor_filters", "pink_noise_images"]
+__all__ = [
+    "gabor_filters",
+    "linear_filters",
+    "load_ground_truth",
+    "make_synthetic_dataset",
+    "pink_noise_images",
+    "zip_dataset",
+]
 
 _STAT_NAMES = ("mean", "std", "min", "max", "median")
 
@@ -497,6 +506,40 @@ def load_ground_truth(path: str | os.PathLike) -> dict:
         truth = {name: archive[name] for name in archive.files}
     truth.update(json.loads(raw_json))
     return truth
+
+
+def linear_filters(truth: Mapping[str, Any] | str | os.PathLike) -> np.ndarray:
+    """Each ground-truth neuron's linear filter: its Gabor feature at its RF position, pooled by its Gaussian.
+
+    A neuron's drive is ``gain * (<filter, s> - pooled_mean) / pooled_std + bias`` with
+    ``s = (image - 128) / 50`` the standardised image and ``gain > 0``, so its response (a softplus of
+    the drive) grows along ``+filter``: under a fixed image norm the most exciting input is the filter
+    itself (scaled), the most inhibitory one its negative. The data loaders' normalised images
+    ``(image - mean) / std`` are an increasing affine map of ``s``, so the filter is the same up to scale
+    in the model's input units.
+
+    Args:
+        truth: the dict from :func:`load_ground_truth`, or the dataset folder / zip to read it from.
+
+    Returns:
+        float64 array (N, H, W), one filter per neuron, in the dataset's neuron order.
+    """
+    if not isinstance(truth, Mapping):
+        truth = load_ground_truth(truth)
+    try:
+        shape = tuple(int(v) for v in truth["image_shape"])
+        return _effective_filters(
+            np.asarray(truth["filters"], dtype=np.float64),
+            np.asarray(truth["feature_index"]),
+            np.asarray(truth["rf_x"], dtype=np.float64),
+            np.asarray(truth["rf_y"], dtype=np.float64),
+            (shape[0], shape[1]),
+            float(truth["pool_sigma"]),
+        )
+    except KeyError as err:
+        raise ValueError(
+            f"the ground truth lacks {err.args[0]!r}; it must come from load_ground_truth"
+        ) from None
 
 
 def zip_dataset(folder: str | os.PathLike, zip_path: str | os.PathLike) -> Path:

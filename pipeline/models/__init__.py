@@ -1,4 +1,4 @@
-"""Models: a shared convolutional core, per-session readouts, shifters, modulators, the encoder, builders.
+"""Models: a shared convolutional core, per-session readouts, shifters, modulators, the encoder, ensembles, builders.
 
 Everything a model config or a notebook needs is importable from here, e.g.
 ``from pipeline.models import Stacked2dCore, MultipleFullGaussian2d, FiringRateEncoder``.
@@ -11,6 +11,7 @@ from pipeline.models.builders import (
 )
 from pipeline.models.cores import DepthSeparableConv2d, Stacked2dCore
 from pipeline.models.encoders import FiringRateEncoder
+from pipeline.models.ensemble import EnsembleEncoder
 from pipeline.models.modulators import MLPModulator
 from pipeline.models.readouts import (
     ClonedReadout,
@@ -33,6 +34,7 @@ from pipeline.models.shifters import MLPShifter, StaticAffine2dShifter
 __all__ = [
     "ClonedReadout",
     "DepthSeparableConv2d",
+    "EnsembleEncoder",
     "FiringRateEncoder",
     "FullFactorized2d",
     "FullGaussian2d",
