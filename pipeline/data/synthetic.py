@@ -508,6 +508,35 @@ def load_ground_truth(path: str | os.PathLike) -> dict:
     return truth
 
 
+def _effective_filters(
+    filters: np.ndarray,
+    feature_index: np.ndarray,
+    rf_x: np.ndarray,
+    rf_y: np.ndarray,
+    shape: tuple[int, int],
+    pool_sigma: float,
+) -> np.ndarray:
+    """Each neuron's whole linear receptive field (N, H, W) on the standardised image.
+
+    Pooling the "same"-padded feature map ``conv(filter, image)`` with a Gaussian centred at the RF
+    equals a dot product of the image with the Gaussian spread by the filter (a transposed conv):
+    computing that once per neuron is far cheaper than filtering every image.
+    """
+    h, w = shape
+    py, px = _grid_to_pixel(rf_y, h), _grid_to_pixel(rf_x, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    pools = np.exp(
+        -((yy[None] - py[:, None, None]) ** 2 + (xx[None] - px[:, None, None]) ** 2) / (2 * pool_sigma**2)
+    )
+    pools /= pools.sum(axis=(1, 2), keepdims=True)
+    weights = torch.from_numpy(filters[feature_index][:, None])  # (N, 1, k, k)
+    with torch.no_grad():
+        spread = F.conv_transpose2d(
+            torch.from_numpy(pools)[None], weights, padding=filters.shape[-1] // 2, groups=len(feature_index)
+        )
+    return spread[0].numpy()
+
+
 def linear_filters(truth: Mapping[str, Any] | str | os.PathLike) -> np.ndarray:
     """Each ground-truth neuron's linear filter: its Gabor feature at its RF position, pooled by its Gaussian.
 
