@@ -22,6 +22,7 @@ __all__ = [
     "activation_lock",
     "active_connection",
     "active_prefix",
+    "active_settings",
     "apply_store_config",
     "backend_of",
     "clear_active",
@@ -138,6 +139,17 @@ def clear_active() -> None:
 def active_prefix() -> str | None:
     """The prefix the tables are bound under, or None."""
     return _state["prefix"]
+
+
+def active_settings() -> dict[str, Any]:
+    """The settings (``host``, ``port``, ``user``, ``password``, ``backend``) of the active connection.
+
+    Raises:
+        RuntimeError: :func:`schemas.activate` has not been called in this process.
+    """
+    if _state["settings"] is None:
+        raise RuntimeError("no database is active: call schemas.activate() first")
+    return dict(_state["settings"])
 
 
 def active_connection():

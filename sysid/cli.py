@@ -601,6 +601,7 @@ def results(
 @cli.command(context_settings=CONTEXT)
 @click.argument("key", required=False)
 @click.option("--best", is_flag=True, help="Report on the model with the highest score.")
+@click.option("--study", default=None, help="Report on a search (sysid search) instead of one model.")
 @click.option(
     "--out",
     "out_dir",
@@ -608,7 +609,7 @@ def results(
     default=Path("report"),
     show_default=True,
 )
-def report(key: str | None, best: bool, out_dir: Path) -> None:
+def report(key: str | None, best: bool, study: str | None, out_dir: Path) -> None:
     """Write PNG plots for one trained model: RF positions, learning curves, correlations.
 
     \b
@@ -623,7 +624,11 @@ def report(key: str | None, best: bool, out_dir: Path) -> None:
     learning_curves.png, correlation_hist.png, correlation_vs_oracle.png (when the data have
     repeated test images), meis.png (the MEIs of the best-predicted neurons, with activation
     and correlation, of the best ensemble the model belongs to, once workers computed them).
+    With --study STUDY: optimization_history.png, param_importances.png, slice.png of the search.
     """
+    if study is not None:
+        _study_report(study, out_dir)
+        return
     from .report import write_report
     from .report_data import fetch_report_data, parse_key_argument
 
@@ -646,6 +651,17 @@ def report(key: str | None, best: bool, out_dir: Path) -> None:
         click.echo(f"wrote {path}")
     if not paths:
         raise click.ClickException("nothing to plot: the model has no progress, scores or readout parameters")
+
+
+def _study_report(study: str, out_dir: Path) -> None:
+    from .search import write_search_report
+
+    _activate()
+    paths = write_search_report(study, out_dir)
+    for path in paths:
+        click.echo(f"wrote {path}")
+    if not paths:
+        raise click.ClickException(f"nothing to plot: study {study!r} has no complete trial yet")
 
 
 # ---------------------------------------------------------------------------------------- demo
@@ -690,6 +706,15 @@ def demo(workers: int, out_dir: Path, epochs: int, keep: bool) -> None:
 
     _setup_logging()
     run_demo(out_dir=out_dir, workers=workers, epochs=epochs, keep=keep, console=_console())
+
+
+def _add_commands() -> None:
+    from .search_cli import search
+
+    cli.add_command(search)
+
+
+_add_commands()
 
 
 def main() -> None:
