@@ -188,7 +188,7 @@ class SearchDriver:
             running = [t for t in trials if t.state == TrialState.RUNNING]
             for trial in running:
                 if trial.number not in registered:  # asked by a driver that stopped before registering it
-                    self._register(trial.number, trial.params)
+                    self._register(trial.number, self._complete_params(trial))
             told = self._tell_finished([t.number for t in running if t.number in registered], registered)
             for trial in trials:  # a driver (or worker) stopped between telling Optuna and the outcome row
                 if trial.state.is_finished() and trial.number not in outcomes and trial.number in registered:
@@ -233,6 +233,32 @@ class SearchDriver:
             time.sleep(poll)
 
     # -------------------------------------------------------------------------------- helpers
+
+    def _complete_params(self, frozen) -> dict[str, Any]:
+        """The values of a trial asked by a driver that stopped before it had sampled all of them.
+
+        The missing values are sampled now (by the study's sampler, on the same Optuna trial).
+        """
+        import optuna
+
+        from schemas import search_tables as st
+
+        missing = [p for p in self.spec.parameters if p.name not in frozen.params]
+        if not missing:
+            return dict(frozen.params)
+        storage = st.optuna_storage()
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self.spec.study), frozen.number
+        )
+        handle = optuna.trial.Trial(self.study, trial_id)
+        for p in missing:
+            if p.type == "categorical":
+                handle.suggest_categorical(p.name, list(p.choices))
+            elif p.type == "int":
+                handle.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            else:
+                handle.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+        return dict(handle.params)
 
     def _register(self, number: int, params: Mapping[str, Any]) -> None:
         """Register trial ``number``'s configs (validated), its experiment rows and ``SearchTrial``."""

@@ -220,14 +220,26 @@ def test_driver_killed_and_restarted_loses_nothing(empty_db, dataset, workers, s
         time.sleep(0.3)
     driver.send_signal(signal.SIGKILL)  # no clean-up at all
     driver.wait()
-    # as if a driver died between asking Optuna and registering the trial
+    # as if a driver died between asking Optuna and registering the trial, and one that died while
+    # Optuna sampled the values (a trial without them)
     study = st.load_optuna_study(name)
     orphan = study.ask(_distributions(parse_spec(spec_doc(dataset, name))))
+    half = study.ask(
+        {
+            "model.hidden_channels": _distributions(parse_spec(spec_doc(dataset, name)))[
+                "model.hidden_channels"
+            ]
+        }
+    )
     again = _sysid(sysid_env, "search", str(spec_path), "--poll", "0.3", "--timeout", "150")
     assert again.wait(timeout=200) == 0, again.stderr.read()
     states = _trial_states(name)
     assert states == {n: "COMPLETE" for n in range(5)}
-    assert orphan.number in states
+    assert orphan.number in states and half.number in states
+    assert set(st.load_optuna_study(name).trials[half.number].params) == {
+        "model.gamma_readout",
+        "model.hidden_channels",
+    }
     trials = st.search_trials(name)
     assert list(trials["trial_number"]) == list(range(5))
     assert trials["score"].notna().all() and (trials["value"] - trials["score"]).abs().max() < 1e-9
