@@ -44,7 +44,18 @@ def make_sampler(spec: SearchSpec):
         return optuna.samplers.TPESampler(constant_liar=spec.parallelism > 1, **options)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(**options)
-    return optuna.samplers.GridSampler(spec.grid(), **options)
+
+    class DriverGridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid sampler without its ``study.stop()`` once the grid is used up.
+
+        That call only works inside ``study.optimize``; the driver stops asking by itself after
+        ``SearchSpec.total_trials()`` (at most the grid's size).
+        """
+
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return DriverGridSampler(spec.grid(), **options)
 
 
 def _distributions(spec: SearchSpec) -> dict[str, Any]:
@@ -204,7 +215,6 @@ class SearchDriver:
                 n_running += 1
                 n_asked += 1
                 asked += 1
-            n_running = sum(t.state == TrialState.RUNNING for t in self.study.get_trials(deepcopy=False))
         seconds = time.perf_counter() - started
         self.step_seconds.append(seconds)
         finished = n_asked - n_running
@@ -319,13 +329,15 @@ class SearchDriver:
         from schemas import _dj_compat
 
         objective = self.spec.objective
-        tables = [self.schemas.TrainedModel()]
+        # the cached table instances: a new one rebuilds its jobs table's definition (dozens of queries)
+        cached = self.schemas.computed_tables()
+        tables = [cached["TrainedModel"]]
         if objective == "score":
-            rows = (self.schemas.TrainedModel().proj("score") & keys).to_dicts()
+            rows = (tables[0].proj("score") & keys).to_dicts()
             values = {_ident(r): float(r["score"]) for r in rows}
         else:
-            tables.append(self.schemas.NeuronScore())
-            rows = (self.schemas.NeuronScore().proj(objective) & keys).to_dicts()
+            tables.append(cached["NeuronScore"])
+            rows = (tables[1].proj(objective) & keys).to_dicts()
             values = {_ident(r): float(r[objective]) for r in rows if r[objective] is not None}
         errors: dict[tuple, str] = {}
         for table in tables:
