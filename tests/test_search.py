@@ -200,7 +200,7 @@ def _sysid(env, *args):
         [sys.executable, "-m", "sysid", *args],
         env=env,
         cwd=str(REPO_ROOT),
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -216,10 +216,10 @@ def test_driver_killed_and_restarted_loses_nothing(empty_db, dataset, workers, s
     driver = _sysid(sysid_env, "search", str(spec_path), "--poll", "0.3")
     deadline = time.monotonic() + 90
     while len(st.TrialOutcome() & {"study_name": name}) < 1 and time.monotonic() < deadline:
-        assert driver.poll() is None, driver.stderr.read()
+        assert driver.poll() is None, driver.communicate()[1]
         time.sleep(0.3)
     driver.send_signal(signal.SIGKILL)  # no clean-up at all
-    driver.wait()
+    driver.communicate()
     # as if a driver died between asking Optuna and registering the trial, and one that died while
     # Optuna sampled the values (a trial without them)
     study = st.load_optuna_study(name)
@@ -232,7 +232,9 @@ def test_driver_killed_and_restarted_loses_nothing(empty_db, dataset, workers, s
         }
     )
     again = _sysid(sysid_env, "search", str(spec_path), "--poll", "0.3", "--timeout", "150")
-    assert again.wait(timeout=200) == 0, again.stderr.read()
+    stdout, stderr = again.communicate(timeout=200)
+    assert again.returncode == 0, stderr
+    assert f"study {name!r}: maximize score; 5 complete of 5" in stdout and "best: trial" in stdout
     states = _trial_states(name)
     assert states == {n: "COMPLETE" for n in range(5)}
     assert orphan.number in states and half.number in states
@@ -245,6 +247,11 @@ def test_driver_killed_and_restarted_loses_nothing(empty_db, dataset, workers, s
     assert trials["score"].notna().all() and (trials["value"] - trials["score"]).abs().max() < 1e-9
     runs = schemas.TrainedModel() & (schemas.Experiments.Restrictions() & {"experiment_name": name})
     assert len(runs) == trials["model_hash"].nunique()
+    report = _sysid(sysid_env, "report", "--study", name, "--out", str(tmp_path / "report"))
+    stdout, stderr = report.communicate(timeout=120)
+    assert report.returncode == 0, stderr
+    written = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"optimization_history.png", "param_importances.png", "slice.png"} <= written, stdout
 
 
 def test_pruned_trial_is_recorded_and_consistent(empty_db, dataset, workers):
@@ -309,3 +316,11 @@ def test_cli_dry_run(dataset, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "6 trials x 1 seed(s), 2 parameter(s), sampler tpe, pruner none: valid" in out.stdout
+
+
+def test_example_spec_is_valid():
+    from sysid.search_spec import load_spec, validate_spec
+
+    spec = load_spec(REPO_ROOT / "examples" / "search.yaml")
+    validate_spec(spec)
+    assert "model.grid_mean_predictor.hidden_features" in {p.name for p in spec.parameters}
