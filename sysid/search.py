@@ -1,6 +1,6 @@
 """The search driver: asks Optuna for trials, registers them for the workers, tells Optuna the scores.
 
-``sysid search SPEC.yaml`` runs :class:`SearchDriver` (the spec format: :mod:`sysid.search_spec`).
+``sysid search SPEC.yaml`` (in :mod:`sysid.cli`) runs :class:`SearchDriver` (the spec format: :mod:`sysid.search_spec`).
 Each round (:meth:`SearchDriver.step`), under a server lock on the study:
 
 1. every running trial whose trained models (one per seed) are all stored is told its objective
