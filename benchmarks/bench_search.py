@@ -165,16 +165,21 @@ def main() -> None:
         f"\n{args.trials} trials per study, {args.epochs} epochs, 2 workers, {args.repeats} sampler seed(s)\n"
     )
     print(
-        "| sampler | best validation correlation (mean over seeds) | trial reaching it | driver s/trial | training s/trial | driver / training |"
+        "| sampler | best validation correlation (mean over seeds) | trial reaching it | driver s/trial "
+        "| driver rounds | median round s | training s/trial | study wall s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for sampler in ("tpe", "random", "grid"):
         mine = [r for r in rows if r["sampler"] == sampler]
-        best = statistics.mean(r["best"] for r in mine)
-        driver = statistics.mean(r["driver_per_trial"] for r in mine)
-        train = statistics.mean(r["train_seconds"] for r in mine)
+
+        def mean(name: str, mine=mine) -> float:
+            return statistics.mean(r[name] for r in mine)
+
         trial = ", ".join(str(r["best_trial"]) for r in mine)
-        print(f"| {sampler} | {best:.4f} | {trial} | {driver:.3f} | {train:.2f} | {driver / train:.3f} |")
+        print(
+            f"| {sampler} | {mean('best'):.4f} | {trial} | {mean('driver_per_trial'):.3f} | {mean('rounds'):.0f} "
+            f"| {mean('round_seconds'):.3f} | {mean('train_seconds'):.2f} | {mean('wall'):.0f} |"
+        )
 
 
 if __name__ == "__main__":
