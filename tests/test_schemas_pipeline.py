@@ -108,7 +108,11 @@ def test_views_give_scores_and_readout_parameters_in_plain_sql(populated):
         assert row[11] == pytest.approx(float(np.linalg.norm(features[row[:5]])), rel=1e-5)
     # ... and the loaded model's readout parameters, neuron by neuron (unit id -> output index)
     key = {**populated["gauss"], "seed": 1, **populated["dataset"], **populated["trainer"]}
-    truth = schemas.TrainedModel.load_model(key, include_dataloader=False).readout["90001-1-1"].neuron_parameters()
+    truth = (
+        schemas.TrainedModel.load_model(key, include_dataloader=False)
+        .readout["90001-1-1"]
+        .neuron_parameters()
+    )
     mine = sorted((r for r in rows if r[:3] == (key["model_fn"], key["model_hash"], 1)), key=lambda r: r[5])
     assert [r[5] for r in mine] == list(range(N_NEURONS))
     np.testing.assert_allclose([r[8] for r in mine], truth["mu_x"], rtol=1e-6)
@@ -224,9 +228,13 @@ def test_the_real_trainers_records_fill_every_progress_column(db, tiny_dataset):
     assert set(RECORD_COLUMNS) == set(TrainingProgress.heading.secondary_attributes) - {"host", "progress_ts"}
     key = {
         **Dataset.add_entry(
-            "pipeline.data.static_loaders", {"paths": [str(tiny_dataset)], "batch_size": 16}, skip_duplicates=True
+            "pipeline.data.static_loaders",
+            {"paths": [str(tiny_dataset)], "batch_size": 16},
+            skip_duplicates=True,
         ),
-        **Model.add_entry("pipeline.models.stacked_core_full_gauss_readout", SMALL_MODEL, skip_duplicates=True),
+        **Model.add_entry(
+            "pipeline.models.stacked_core_full_gauss_readout", SMALL_MODEL, skip_duplicates=True
+        ),
         **Trainer.add_entry("pipeline.training.standard_trainer", TRAINER, skip_duplicates=True),
         "seed": 5,
     }
