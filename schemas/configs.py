@@ -297,12 +297,13 @@ class ConfigTable:
             ValueError: the table holds no row or several rows.
         """
         role = self._role
-        rows = self.to_dicts()
-        if len(rows) != 1:
+        count = len(self)
+        if count != 1:
             raise ValueError(
-                f"{type(self).__name__}.fn_config needs exactly one row, the restriction matches {len(rows)}"
+                f"{type(self).__name__}.fn_config needs exactly one row, the restriction matches {count}"
             )
-        return rows[0][f"{role}_fn"], config_dict(rows[0][f"{role}_config"])
+        row = self.to_dicts()[0]
+        return row[f"{role}_fn"], config_dict(row[f"{role}_config"])
 
     @staticmethod
     def resolve_fn(fn_name: str | Callable) -> Callable:

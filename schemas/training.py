@@ -301,6 +301,37 @@ class TrainingTable:
         return parts if len(parts) > 1 else model
 
     @hybridmethod
+    def get_full_config(
+        self, key=None, include_state_dict: bool = True, include_trainer: bool = True
+    ) -> dict[str, Any]:
+        """Functions and configs of one trained model, for ``pipeline.builder.get_all_parts(**config, seed=...)``.
+
+        nnfabrik's ``TrainedModel.get_full_config``.
+
+        Args:
+            key: restriction selecting exactly one trained model (None: this restricted table).
+            include_state_dict: add ``state_dict`` (torch tensors on the CPU), the trained parameters.
+            include_trainer: add ``trainer_fn`` and ``trainer_config``.
+
+        Returns:
+            ``{"dataset_fn", "dataset_config", "model_fn", "model_config"[, "trainer_fn",
+            "trainer_config"][, "state_dict"]}``.
+        """
+        key = self._one_key(key, "get_full_config")
+        job = self.job_spec(key)
+        config: dict[str, Any] = {
+            "model_fn": job.model_fn,
+            "model_config": dict(job.model_config),
+            "dataset_fn": job.dataset_fn,
+            "dataset_config": dict(job.dataset_config),
+        }
+        if include_trainer:
+            config.update(trainer_fn=job.trainer_fn, trainer_config=dict(job.trainer_config))
+        if include_state_dict:
+            config["state_dict"] = self.fetch_state(key)
+        return config
+
+    @hybridmethod
     def fetch_state(self, key=None, device: Any = "cpu") -> dict:
         """Return the state dict (torch tensors on ``device``) of one trained model."""
         key = self._one_key(key, "fetch_state")

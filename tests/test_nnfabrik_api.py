@@ -60,6 +60,11 @@ NNFABRIK_SIGNATURES: dict[tuple[str, str], list[tuple[str, object]]] = {
     ("Model", "build_model"): [("dataloaders", None), ("seed", None), ("key", None), ("data_info", None)],
     ("Dataset", "get_dataloader"): [("seed", None), ("key", None)],
     ("Trainer", "get_trainer"): [("key", None), ("build_partial", True)],
+    ("TrainedModel", "get_full_config"): [
+        ("key", None),
+        ("include_state_dict", True),
+        ("include_trainer", True),
+    ],
     ("TrainedModel", "load_model"): [
         ("key", None),
         ("include_dataloader", True),
@@ -291,6 +296,24 @@ def test_load_model_returns_dataloaders_and_model_like_nnfabrik(trained):
         assert torch.equal(reseeded.state_dict()[name], other.state_dict()[name]), name
     assert any(not torch.equal(v, stored[n]) for n, v in fresh.state_dict().items())
     assert any(not torch.equal(v, other.state_dict()[n]) for n, v in fresh.state_dict().items())
+    # get_full_config feeds get_all_parts, nnfabrik's way of rebuilding everything
+    from pipeline.builder import get_all_parts
+
+    config = TrainedModel().get_full_config(key)
+    assert (
+        config["trainer_fn"] == "pipeline.training.trainer.standard_trainer"
+        and config["model_config"] == SMALL_MODEL
+    )
+    loaders4, model4, _ = get_all_parts(**config, seed=SEED)
+    np.testing.assert_array_equal(
+        _predict(model4.eval(), loaders4)["90001-1-1"], _predict(model, dataloaders)["90001-1-1"]
+    )
+    assert set(TrainedModel().get_full_config(key, include_state_dict=False, include_trainer=False)) == {
+        "dataset_fn",
+        "dataset_config",
+        "model_fn",
+        "model_config",
+    }
     # the old argument name still works, with a deprecation warning
     with pytest.warns(DeprecationWarning, match="include_dataloader"):
         assert isinstance(TrainedModel.load_model(key, include_dataloaders=False), torch.nn.Module)
