@@ -252,6 +252,10 @@ def test_driver_killed_and_restarted_loses_nothing(empty_db, dataset, workers, s
     assert report.returncode == 0, stderr
     written = {p.name for p in (tmp_path / "report").iterdir()}
     assert {"optimization_history.png", "param_importances.png", "slice.png"} <= written, stdout
+    listing = _sysid(sysid_env, "search", "status")
+    stdout, stderr = listing.communicate(timeout=120)
+    assert listing.returncode == 0, stderr
+    assert name in stdout
 
 
 def test_pruned_trial_is_recorded_and_consistent(empty_db, dataset, workers):
