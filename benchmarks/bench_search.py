@@ -14,7 +14,8 @@ PostgreSQL server (DJ_HOST unset) or the configured database, in a throw-away sc
 seed per study unless ``--repeats``: the best score of one study of N trials is noisy. The load
 average is printed before and after. Usage::
 
-    python benchmarks/bench_search.py                    # 16 trials per sampler (a 4 x 4 grid), 6 epochs
+    python benchmarks/bench_search.py                    # 9 trials per sampler (a 3 x 3 grid), 6 epochs (~3 min)
+    python benchmarks/bench_search.py --trials 16        # a 4 x 4 grid (~8 min on 2 busy cores)
     python benchmarks/bench_search.py --trials 16 --epochs 8 --repeats 2
 """
 
@@ -118,12 +119,14 @@ def run_study(schemas: Any, doc: dict[str, Any], poll: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--trials", type=int, default=16, help="trials (trained models) per study")
+    parser.add_argument("--trials", type=int, default=9, help="trials (trained models) per study")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs per model")
     parser.add_argument("--repeats", type=int, default=1, help="studies per sampler (sampler seeds 0..R-1)")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between the driver's rounds")
     parser.add_argument("--keep", action="store_true", help="keep the schema (default: drop it)")
     args = parser.parse_args()
+    # a SIGTERM (e.g. from `timeout`) stops the workers and drops the schema on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     import torch
 
