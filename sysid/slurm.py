@@ -16,6 +16,7 @@ is refused.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -33,6 +34,7 @@ __all__ = [
     "job_script",
     "slurm_tag",
     "submit",
+    "time_limit_seconds",
     "write_env_file",
 ]
 
@@ -40,6 +42,28 @@ __all__ = [
 PASSED_THROUGH = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX")
 #: settings of the submitting machine only (the embedded server, docker compose)
 LOCAL_ONLY = ("SYSID_HOME", "SYSID_DATA_DIR", "MYSQL_ROOT_PASSWORD", "DB_PORT")
+
+
+def time_limit_seconds(limit: str) -> int:
+    """Seconds of a SLURM time limit: ``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M`` or ``D-H:M:S``.
+
+    Raises:
+        ValueError: another form, or not positive.
+    """
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(limit).strip())
+    if match is None or str(limit).strip() in ("", "UNLIMITED"):
+        raise ValueError(
+            f"invalid time limit {limit!r}: use SLURM's forms M, M:S, H:M:S, D-H, D-H:M or D-H:M:S"
+        )
+    days, a, b, c = (int(g) if g else None for g in match.groups())
+    if days is None:
+        parts = (0, a, 0) if b is None else (0, a, b) if c is None else (a, b, c)
+        seconds = parts[0] * 3600 + parts[1] * 60 + parts[2]
+    else:
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    if seconds <= 0:
+        raise ValueError(f"time limit {limit!r} must be positive")
+    return seconds
 
 
 def slurm_tag(environ: Mapping[str, str] | None = None) -> str | None:
@@ -172,15 +196,13 @@ class SlurmJob:
     container: Path | None = None
 
     def __post_init__(self) -> None:
-        from .worker import parse_duration
-
         if self.tasks < 1:
             raise ValueError(f"tasks must be >= 1, got {self.tasks}")
         if self.parallel is not None and not 1 <= self.parallel:
             raise ValueError(f"parallel must be >= 1, got {self.parallel}")
         if self.gpus < 0 or self.per_gpu < 1:
             raise ValueError(f"gpus must be >= 0 and per_gpu >= 1, got {self.gpus} and {self.per_gpu}")
-        limit = parse_duration(self.time_limit)
+        limit = time_limit_seconds(self.time_limit)
         if not 0 < self.signal_margin < limit:
             raise ValueError(
                 f"signal margin {self.signal_margin} s must be positive and below the time limit "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import re
 import signal
 import threading
@@ -452,7 +453,7 @@ def _retry_transient_errors(result: Any, budget: RetryBudget) -> int:
         if not errors or name not in tables:
             continue
         table = tables[name]
-        mine = {"host": _hostname(), "pid": os.getpid()}
+        mine = {"host": platform.node(), "pid": os.getpid()}  # as DataJoint records a reservation
         for row in _dj_compat.job_rows(table, "error", mine):
             key = _dj_compat.job_key(table, row)
             if not is_transient(row.get("error_message")):
