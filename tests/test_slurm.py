@@ -177,3 +177,14 @@ def test_helpers():
         {**DB, "SYSID_HOME": "/here", "SYSID_SCHEMA_PREFIX": "x_", "PATH": "/bin", "OTHER": "1"}
     )
     assert names == ["DJ_HOST", "DJ_USER", "DJ_PASS", "SYSID_SCHEMA_PREFIX", "PATH"]  # SYSID_HOME is local
+
+
+def test_apptainer_definition_is_built_from_the_compose_worker_image():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docker" / "apptainer.def").read_text()
+    header = dict(line.split(":", 1) for line in text.splitlines() if re.match(r"^(Bootstrap|From):", line))
+    image = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]["worker"]["image"]
+    assert header["Bootstrap"].strip() == "docker-daemon" and header["From"].strip() == image
+    assert re.search(r"^%runscript\n\s+exec sysid \"\$@\"", text, re.M)
