@@ -326,6 +326,12 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
         # the schemas layer may have received the stop request itself (e.g. its own handler)
         return stop.stopping or deadline.reached or bool(schemas.stop_requested())
 
+    def nap(seconds: float) -> None:
+        # wakes at once on a signal, within a second at the deadline
+        end = time.monotonic() + seconds
+        while not stopping() and (left := end - time.monotonic()) > 0:
+            stop.event.wait(min(left, 1.0))
+
     try:
         while not stopping():
             try:
@@ -353,7 +359,7 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
                     MAX_CONSECUTIVE_FAILURES,
                     wait,
                 )
-                stop.event.wait(wait)
+                nap(wait)
                 continue
             failures = 0
             calls = _calls_done(result)
@@ -380,7 +386,7 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
                 )
                 break
             log.debug("idle: sleeping %.0f s", options.sleep)
-            stop.event.wait(options.sleep)
+            nap(options.sleep)
     finally:
         deadline.cancel()
     if deadline.reached:
@@ -421,8 +427,9 @@ class _Deadline:
             "--max-runtime reached: finishing the current epoch, saving a checkpoint and releasing the job"
         )
         self.reached = True
+        # not the signal event: a scheduler's SIGTERM after this must still count as the first signal
+        # (a second one exits at once, without waiting for the checkpoint); idle naps wake within 1 s
         self._schemas.request_stop()
-        self._stop.event.set()  # wakes an idle sleep (the reason stays in ``reached``)
 
     def cancel(self) -> None:
         if self._timer is not None:
