@@ -653,6 +653,12 @@ def _stop_worker(holder: dict, signum: int) -> None:
     help="Also write the database settings to this file (mode 600), which the script reads.",
 )
 @click.option(
+    "--secrets-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="DataJoint's secrets folder (database.user, database.password; mode 600), read by the job.",
+)
+@click.option(
     "--setup", "setup", multiple=True, metavar="LINE", help="Shell line before the worker (repeatable)."
 )
 @click.option(
@@ -698,6 +704,7 @@ def slurm(
     max_runtime: str | None,
     threads: int | None,
     env_file: Path | None,
+    secrets_dir: Path | None,
     setup: tuple[str, ...],
     sbatch_options: tuple[str, ...],
     container: Path | None,
@@ -716,7 +723,8 @@ def slurm(
     The database must be reachable from the nodes: DJ_HOST, DJ_USER, DJ_PASS (the embedded
     server is refused). The script passes the settings by name (#SBATCH --export=DJ_HOST,...),
     so sbatch copies them from the submitting shell; no password is written into it. With
-    --env-file they are also written to a file only you can read, which the script reads.
+    --env-file they are also written to a file only you can read, which the script reads;
+    with --secrets-dir the job reads DJ_USER/DJ_PASS from DataJoint's secrets folder.
     Logs: --log-dir/<job-name>-<array id>_<task>.out; every line names the SLURM job and task.
 
     \b
@@ -738,6 +746,8 @@ def slurm(
         raise click.BadParameter(str(err)) from None
     warnings = slurm_jobs.check_cluster_database()
     names = slurm_jobs.exported_names()
+    if secrets_dir is not None:
+        secrets_dir = slurm_jobs.check_secrets_dir(secrets_dir)
     if sysid_command is not None:
         command = shlex.split(sysid_command)
     else:
@@ -767,6 +777,7 @@ def slurm(
         command=command,
         exported=names,
         env_file=env_file,
+        secrets_dir=secrets_dir,
         setup=setup,
         sbatch_options=sbatch_options,
         container=container,

@@ -30,6 +30,7 @@ from pathlib import Path
 __all__ = [
     "SlurmJob",
     "check_cluster_database",
+    "check_secrets_dir",
     "exported_names",
     "job_script",
     "slurm_tag",
@@ -125,6 +126,28 @@ def exported_names(environ: Mapping[str, str] | None = None) -> list[str]:
     return names + [n for n in PASSED_THROUGH if n in env and n not in names]
 
 
+def check_secrets_dir(folder: Path) -> Path:
+    """Check DataJoint's secrets folder for a job: its ``database.*`` files readable by their owner only.
+
+    Returns:
+        The folder's absolute path.
+
+    Raises:
+        FileNotFoundError: no such folder, or it holds neither ``database.password`` nor ``database.user``.
+        PermissionError: one of those files may be read by the group or others.
+    """
+    folder = Path(folder).expanduser().resolve()
+    files = [folder / name for name in ("database.user", "database.password") if (folder / name).is_file()]
+    if not folder.is_dir() or not files:
+        raise FileNotFoundError(
+            f"{folder}: not a DataJoint secrets folder (it needs database.password and/or database.user)"
+        )
+    for path in files:
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PermissionError(f"{path} is readable by others: `chmod 600 {path}` first")
+    return folder
+
+
 def write_env_file(path: Path, names: Sequence[str], environ: Mapping[str, str] | None = None) -> Path:
     """Write ``export NAME=value`` lines for ``names`` into ``path``, readable by its owner only.
 
@@ -169,6 +192,8 @@ class SlurmJob:
         command: the ``sysid`` command on the nodes (default: this Python's ``-m sysid``).
         exported: variables passed by name (see :func:`exported_names`).
         env_file: a private file with the settings, read by the script (see :func:`write_env_file`).
+        secrets_dir: DataJoint's secrets folder (``database.user``, ``database.password`` files),
+            read by the script at run time (see :func:`check_secrets_dir`).
         setup: shell lines run before the worker (``module load cuda`` ...).
         sbatch_options: further ``#SBATCH`` options, e.g. ``--constraint=a100``.
         container: an Apptainer image: the worker runs in it (``apptainer exec --nv``).
@@ -191,6 +216,7 @@ class SlurmJob:
     command: Sequence[str] = field(default_factory=lambda: (sys.executable, "-m", "sysid"))
     exported: Sequence[str] = ()
     env_file: Path | None = None
+    secrets_dir: Path | None = None
     setup: Sequence[str] = ()
     sbatch_options: Sequence[str] = ()
     container: Path | None = None
@@ -282,6 +308,17 @@ def job_script(job: SlurmJob) -> str:
             '    echo "sysid: $env_file must be readable by its owner only (chmod 600)" >&2; exit 1',
             "fi",
             'set -a; . "$env_file"; set +a',
+        ]
+    if job.secrets_dir is not None:
+        folder = shlex.quote(str(Path(job.secrets_dir).expanduser().resolve()))
+        lines += [
+            f"secrets_dir={folder}  # DataJoint's secrets folder: database.user, database.password",
+            'if [ -z "${DJ_USER:-}" ] && [ -r "$secrets_dir/database.user" ]; then',
+            '    DJ_USER="$(cat "$secrets_dir/database.user")"; export DJ_USER',
+            "fi",
+            'if [ -r "$secrets_dir/database.password" ]; then',
+            '    DJ_PASS="$(cat "$secrets_dir/database.password")"; export DJ_PASS',
+            "fi",
         ]
     lines += [
         ': "${DJ_HOST:?is not set: submit from a shell with the database settings (DJ_HOST, DJ_USER, DJ_PASS)}"',

@@ -188,3 +188,30 @@ def test_apptainer_definition_is_built_from_the_compose_worker_image():
     image = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]["worker"]["image"]
     assert header["Bootstrap"].strip() == "docker-daemon" and header["From"].strip() == image
     assert re.search(r"^%runscript\n\s+exec sysid \"\$@\"", text, re.M)
+
+
+def test_secrets_folder_is_read_by_the_job_at_run_time(tmp_path):
+    secrets = tmp_path / ".secrets"
+    secrets.mkdir()
+    (secrets / "database.password").write_text(PASSWORD)
+    (secrets / "database.password").chmod(0o600)
+    env = {"DJ_HOST": "db.cluster.org", "DJ_USER": "alice"}  # no DJ_PASS in the environment
+    result = _invoke(["--secrets-dir", str(secrets)], env, tmp_path)
+    assert result.exit_code == 0, result.output
+    script = (tmp_path / "sysid-worker.sbatch").read_text()
+    assert PASSWORD not in script and f"secrets_dir={secrets}" in script
+    assert "DJ_PASS" not in _directives(script)["export"].split(",")
+    lines = script.split("exec srun")[0].split("set -euo pipefail")[1]
+    out = subprocess.run(
+        ["bash", "-c", f'set -euo pipefail\n{lines}\necho "$DJ_USER:$DJ_PASS"'],
+        env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "7", **env},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith(f"alice:{PASSWORD}")
+    (secrets / "database.password").chmod(0o644)
+    result = _invoke(["--secrets-dir", str(secrets)], env, tmp_path)
+    assert result.exit_code == 1 and "readable by others" in result.output
+    result = _invoke(["--secrets-dir", str(tmp_path / "nowhere")], env, tmp_path)
+    assert result.exit_code == 1 and "not a DataJoint secrets folder" in result.output
