@@ -150,3 +150,29 @@ def test_log_lines_name_the_slurm_job_and_array_task(empty_db, sysid_env):
     lines = [line for line in result.stderr.splitlines() if "sysid.worker" in line]
     assert lines and all("[slurm 1234_5 (job 1239)] sysid.worker:" in line for line in lines), lines
     assert "worker started on" in lines[0] and "slurm 1234_5 (job 1239))" in lines[0]
+
+
+def test_sigterm_after_the_deadline_is_still_a_first_signal():
+    """--max-runtime asks for the stop; the scheduler's SIGTERM that follows must not exit at once (130)."""
+    import os
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, signal, time, types
+        from sysid.worker import StopSignal, _Deadline
+        stops = []
+        schemas = types.SimpleNamespace(request_stop=lambda: stops.append("deadline"))
+        stop = StopSignal(lambda signum: stops.append(signal.Signals(signum).name))
+        deadline = _Deadline(0.2, time.monotonic(), schemas, stop)
+        time.sleep(0.5)
+        assert deadline.reached and not stop.stopping, (deadline.reached, stop.stopping)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.event.wait(10)
+        print(stops)
+        """
+    )
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['deadline', 'SIGTERM']"
