@@ -203,3 +203,34 @@ def test_sysid_worker_gpus_trains_every_key_once_with_one_worker_per_gpu(empty_d
             for line in lines
         ), result.stderr
         assert any(f"worker gpu{gpu}.0 finished (exit 0" in line for line in lines)
+
+
+def test_sigterm_to_the_supervisor_checkpoints_and_releases_the_real_workers_jobs(empty_db, sysid_env):
+    """As `docker compose stop` does: SIGTERM reaches the supervisor, each training checkpoints and is released."""
+    import schemas
+    from schemas import Checkpoint, TrainedModel
+    from tests.test_schemas_training import _register
+
+    keys = _register({"epochs": 300, "sleep": 0.1}, seeds=(1, 2))
+    env = dict(sysid_env, OMP_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "sysid", "worker", "--gpus", "0,1", "--threads", "1", "--sleep", "0.5"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _wait_for(lambda: len(Checkpoint() & keys) == 2, timeout=120), "no checkpoints appeared"
+        supervisor.send_signal(signal.SIGTERM)
+        _, stderr = supervisor.communicate(timeout=120)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+    assert supervisor.returncode == 0, stderr[-3000:]
+    assert stderr.count("SIGTERM received: finishing the current epoch") == 2, stderr[-3000:]
+    assert len(TrainedModel()) == 0
+    status = schemas.job_status().loc["TrainedModel"]
+    assert status["pending"] == 2 and status["reserved"] == 0 and status["error"] == 0
+    assert "restart" not in stderr.split("SIGTERM received: forwarding")[1]  # nothing restarted
