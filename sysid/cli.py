@@ -94,6 +94,8 @@ def cli() -> None:
       sysid demo                          # the whole pipeline on synthetic data (~2 min on a laptop)
       sysid register my_grid.yaml         # datasets x models x trainers x seeds to train
       sysid worker --once &               # one worker per GPU (run several)
+      sysid worker --gpus all             # ... or one supervised worker per GPU of this machine
+      sysid slurm --tasks 8 --submit      # ... or a SLURM job array of workers
       sysid status --watch 5              # progress, running jobs, live validation scores
       sysid results --sort score          # scores and config values of trained models
       sysid report --best                 # PNG plots of the best model
