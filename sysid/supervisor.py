@@ -254,6 +254,8 @@ class Supervisor:
                 " ".join(self.command),
             )
             for slot in self.slots:
+                if self.stopping:  # a signal during the start: the others are not started
+                    break
                 self._start(slot)
             while not all(slot.finished for slot in self.slots):
                 time.sleep(self.poll)
