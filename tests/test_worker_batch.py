@@ -92,9 +92,9 @@ def _register(trainer_fn: str, trainer_config: dict, seeds=(1,)):
 
     Seed.insert([{"seed": s} for s in seeds], skip_duplicates=True)
     return {
-        **Dataset.add_entry(TOY + "toy_dataset", {"n_trials": 24}),
-        **Model.add_entry(TOY + "toy_model", {}),
-        **Trainer.add_entry(TOY + trainer_fn, trainer_config),
+        **Dataset.add_entry(TOY + "toy_dataset", {"n_trials": 24}, skip_duplicates=True),
+        **Model.add_entry(TOY + "toy_model", {}, skip_duplicates=True),
+        **Trainer.add_entry(TOY + trainer_fn, trainer_config, skip_duplicates=True),
     }
 
 
