@@ -232,5 +232,7 @@ def test_sigterm_to_the_supervisor_checkpoints_and_releases_the_real_workers_job
     assert stderr.count("SIGTERM received: finishing the current epoch") == 2, stderr[-3000:]
     assert len(TrainedModel()) == 0
     status = schemas.job_status().loc["TrainedModel"]
-    assert status["pending"] == 2 and status["reserved"] == 0 and status["error"] == 0
+    assert (status["pending"], status["reserved"], status["error"]) == (2, 0, 0), (
+        f"{status.to_dict()}\n{schemas.errors('TrainedModel').to_string()}\n{stderr[-3000:]}"
+    )
     assert "restart" not in stderr.split("SIGTERM received: forwarding")[1]  # nothing restarted
