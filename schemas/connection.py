@@ -22,6 +22,7 @@ __all__ = [
     "activation_lock",
     "active_connection",
     "active_prefix",
+    "active_settings",
     "apply_store_config",
     "backend_of",
     "clear_active",
@@ -138,6 +139,12 @@ def clear_active() -> None:
 def active_prefix() -> str | None:
     """The prefix the tables are bound under, or None."""
     return _state["prefix"]
+
+
+def active_settings() -> dict[str, Any] | None:
+    """The settings (``host``, ``port``, ``user``, ``password``, ``backend``) the active connection
+    was opened with, for a second connection to the same server; None before activation."""
+    return _state["settings"]
 
 
 def active_connection():
