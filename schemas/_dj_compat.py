@@ -32,6 +32,7 @@ __all__ = [
     "jobs_declared",
     "keys_to_do",
     "open_connection",
+    "connection_alive",
     "interval_sql",
     "jobs_descriptor",
     "quote_identifier",
@@ -84,6 +85,19 @@ def reopen_connection(conn) -> None:
     conn.connect()
     conn._in_transaction = False
     conn.connection_id = conn.adapter.get_connection_id(conn._conn)
+
+
+def connection_alive(conn) -> bool:
+    """Whether ``conn``'s server session answers a query now.
+
+    DataJoint's ``is_connected`` is always True on PostgreSQL (its adapter's ``ping`` returns
+    False instead of raising), so a dead session would be reused; this runs ``SELECT 1``.
+    """
+    try:
+        conn.query("SELECT 1", reconnect=False).fetchall()
+    except Exception:
+        return False
+    return True
 
 
 def interval_sql(conn, seconds: float) -> str:

