@@ -175,10 +175,10 @@ def test_a_dropped_connection_is_reopened_and_retried(empty_db):
         lambda: conn.query("SELECT 41 + 1").fetchone()[0], conn, on_retry=lambda e, n: retries.append(n)
     )
     assert value == 42
-    assert int(conn.connection_id) != victim
-    with conn.transaction:  # the transaction flag survived the lost session
+    if empty_db.backend == "postgres":  # DataJoint reconnects by itself only on MySQL
+        assert retries == [1] and int(conn.connection_id) != victim
+    with conn.transaction:  # no transaction flag is left over from the lost session
         conn.query("SELECT 1")
-    assert retries == [1]
     with pytest.raises(ValueError):  # not a database failure: raised at once
         schemas.retry_transient(lambda: int("x"), conn)
 
@@ -216,28 +216,30 @@ def test_accounts_without_process_privilege_keep_their_live_jobs(empty_db, worke
     user, password = f"lease_{uuid.uuid4().hex[:6]}", "lease-test"
     conn = empty_db.conn
     database = schemas.schema_name(empty_db.prefix)
-    conn.query(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+    conn.query("CREATE USER %s@%s IDENTIFIED BY %s", args=(user, "%", password))
     try:
-        conn.query(f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'%'")
+        # everything on the test schema only: no PROCESS, so the process list shows its own sessions
+        conn.query(f"GRANT ALL PRIVILEGES ON `{database}`.* TO %s@%s", args=(user, "%"))
         monkeypatch.setenv("SYSID_LEASE_SECONDS", "3")
         other_env = {**worker_env, "SYSID_LEASE_SECONDS": "3", "DJ_USER": user, "DJ_PASS": password}
         root_env = {**worker_env, "SYSID_LEASE_SECONDS": "3"}
-        keys = [{**_register({"epochs": 8, "sleep": 0.6}, seeds=(1, 2)), "seed": s} for s in (1, 2)]
+        keys = [{**_register({"epochs": 16, "sleep": 0.5}, seeds=(1, 2)), "seed": s} for s in (1, 2)]
         from schemas import TrainingProgress
 
         theirs = start_worker(other_env)
         assert _wait_for(lambda: len(TrainingProgress()) >= 1), "no progress row appeared"
         mine = start_worker(root_env)
-        assert _wait_for(lambda: len(schemas.TrainedModel().jobs & "status='reserved'") == 2)
+        reserved = schemas.TrainedModel().jobs & "status='reserved'"
+        assert _wait_for(lambda: len(reserved) == 2)
+        assert {row["user"].split("@")[0] for row in reserved.to_dicts()} == {user, "root"}
         # neither account sees the other's connections in the process list; the leases decide
         assert schemas.clear_orphaned_reservations() == 0  # root's sweep
         sweep = _run_code(SWEEP_THEN_POPULATE, other_env)  # the other account's sweep
         assert _result(sweep) == {"swept": 0, "success_count": 0}
-        assert {_job(k)["user"].split("@")[0] for k in keys} == {user, "root"}
         assert _result(theirs)["success_count"] == 1 and _result(mine)["success_count"] == 1
-        _assert_trained_once(keys, epochs=8)
+        _assert_trained_once(keys, epochs=16)
     finally:
-        conn.query(f"DROP USER '{user}'@'%'")
+        conn.query("DROP USER %s@%s", args=(user, "%"))
 
 
 # ---------------------------------------------------------------------------------- PostgreSQL
