@@ -15,7 +15,7 @@ from typing import Any
 
 from .settings import current_settings
 
-__all__ = ["connection_settings", "default_data_dir", "start", "status", "stop"]
+__all__ = ["client_count", "connection_settings", "default_data_dir", "start", "status", "stop"]
 
 #: the PostgreSQL role created by ``initdb`` in the embedded cluster (trust authentication)
 POSTGRES_USER = "postgres"
@@ -121,6 +121,28 @@ def status(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         result.update(_settings_from(info, path))
         result["running"] = True
     return result
+
+
+def client_count(data_dir: str | os.PathLike | None = None) -> int:
+    """How many client sessions (workers, notebooks, other commands) the running server has, besides this query's.
+
+    Returns 0 when no server is running in ``data_dir``.
+    """
+    state = status(data_dir)
+    if not state["running"]:
+        return 0
+    from . import _dj_compat
+
+    conn = _dj_compat.open_connection(
+        state["host"], state["user"], state["password"], state["port"], "postgresql"
+    )
+    try:
+        rows = conn.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    finally:
+        conn.close()
+    return int(rows[0][0])
 
 
 def stop(data_dir: str | os.PathLike | None = None) -> bool:

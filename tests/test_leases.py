@@ -263,3 +263,34 @@ def test_worker_survives_an_embedded_server_restart(empty_db, worker_env, embedd
     assert "retry 1/" in stderr  # the training's write failed, and went on after reconnecting
     _assert_trained_once([key], epochs=10)
     assert len(schemas.errors("TrainedModel")) == 0
+
+
+def test_db_stop_refuses_while_clients_are_connected(monkeypatch):
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from schemas import _dj_compat, embedded
+    from sysid.cli import cli
+
+    home = Path(tempfile.mkdtemp(prefix="sysid-lease-db-"))
+    home.chmod(0o755)  # as root the server runs as the user "pgserver", who must reach the folder
+    monkeypatch.setenv("SYSID_HOME", str(home))
+    for name in ("DJ_HOST", "DJ_USER", "DJ_PASS", "DJ_PORT", "DJ_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        server = embedded.start()
+        client = _dj_compat.open_connection(server["host"], "postgres", "", server["port"], "postgresql")
+        assert embedded.client_count() == 1
+        refused = CliRunner().invoke(cli, ["db", "stop"])
+        assert refused.exit_code != 0 and "1 client connection(s)" in refused.output
+        assert embedded.status()["running"]
+        forced = CliRunner().invoke(cli, ["db", "stop", "--force"])
+        assert forced.exit_code == 0 and "stopped" in forced.output
+        assert not embedded.status()["running"]
+        client.close()
+    finally:
+        embedded.stop(home / "pgdata")
+        shutil.rmtree(home, ignore_errors=True)
