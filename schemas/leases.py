@@ -80,6 +80,8 @@ class Lease:
     pid: int
     connection_id: int
     lost: bool = field(default=False, compare=False)
+    #: the server's connection settings (``host``, ``port``, ``user``, ``password``, ``backend``)
+    server: tuple = field(default=(), compare=False)
 
     def where(self, quote) -> tuple[str, list[Any]]:
         """SQL condition (and its arguments) matching the job row only while it carries this token."""
@@ -231,7 +233,13 @@ class LeasedJob(_dj_compat.Job):
         if not super().reserve(key):
             return False
         pk = {name: key[name] for name in self.primary_key}
-        _register(Lease(self.full_table_name, pk, platform.node(), os.getpid(), int(connection_id)))
+        settings = active_settings() or {}
+        server = tuple(
+            (k, settings[k]) for k in ("host", "port", "user", "password", "backend") if k in settings
+        )
+        _register(
+            Lease(self.full_table_name, pk, platform.node(), os.getpid(), int(connection_id), server=server)
+        )
         return True
 
     def complete(self, key: dict, duration: float | None = None) -> None:
@@ -286,45 +294,40 @@ class _Heartbeat:
         with cls._lock:
             if cls._thread is not None and cls._thread.is_alive():
                 return
-            settings = active_settings()
-            if settings is None:
-                logger.debug("no active connection settings: leases are renewed by the training only")
-                return
-            cls._thread = threading.Thread(
-                target=cls._run, args=(dict(settings),), name="sysid-heartbeat", daemon=True
-            )
+            cls._thread = threading.Thread(target=cls._run, name="sysid-heartbeat", daemon=True)
             cls._thread.start()
 
     @staticmethod
-    def _run(settings: dict[str, Any]) -> None:
-        conn = None
+    def _run() -> None:
+        connections: dict[tuple, Any] = {}  # one per server the leases are on
         stop = threading.Event()
         while True:
             stop.wait(heartbeat_interval())
-            leases = held_leases()
-            if not leases:
-                continue
-            try:
-                if conn is None:
-                    conn = _dj_compat.open_connection(
-                        settings["host"],
-                        settings["user"],
-                        settings["password"],
-                        settings["port"],
-                        settings["backend"],
-                    )
-                for lease in leases:
+            for lease in held_leases():
+                if len(lease.server) < 5:
+                    continue  # no settings known (not activated through schemas): the epochs renew it
+                try:
+                    conn = connections.get(lease.server)
+                    if conn is None:
+                        settings = dict(lease.server)
+                        conn = connections[lease.server] = _dj_compat.open_connection(
+                            settings["host"],
+                            settings["user"],
+                            settings["password"],
+                            settings["port"],
+                            settings["backend"],
+                        )
                     if not renew(conn, lease) and not lease.lost:
                         lease.lost = True
                         logger.debug("heartbeat: job %s is no longer this worker's", lease.key)
-            except Exception as error:  # the server is away: try again with a new connection
-                logger.info("heartbeat failed (%s: %s); reconnecting", type(error).__name__, error)
-                try:
-                    if conn is not None:
-                        conn.close()
-                except Exception:
-                    pass
-                conn = None
+                except Exception as error:  # the server is away: a new connection next time
+                    logger.info("heartbeat failed (%s: %s); reconnecting", type(error).__name__, error)
+                    stale = connections.pop(lease.server, None)
+                    try:
+                        if stale is not None:
+                            stale.close()
+                    except Exception:
+                        pass
 
 
 # ----------------------------------------------------------------------------- sweep and status

@@ -294,3 +294,24 @@ def test_db_stop_refuses_while_clients_are_connected(monkeypatch):
     finally:
         embedded.stop(home / "pgdata")
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_heartbeat_renews_a_held_lease_without_epochs(empty_db, monkeypatch):
+    import schemas
+    from schemas import TrainedModel
+
+    monkeypatch.setenv("SYSID_LEASE_SECONDS", "1")  # heartbeat every 0.2 s
+    key = {**_register({"epochs": 1}), "seed": 1}
+    jobs = TrainedModel().jobs
+    jobs.refresh()
+    assert jobs.reserve(key)
+    try:
+        empty_db.conn.query(
+            f"UPDATE {jobs.full_table_name} SET reserved_time = CURRENT_TIMESTAMP(3) - "
+            f"{schemas._dj_compat.interval_sql(empty_db.conn, 60)}"
+        )
+        assert _wait_for(lambda: schemas.running_jobs().loc[0, "heartbeat_age_s"] < 1, timeout=10)
+        assert schemas.clear_orphaned_reservations() == 0
+    finally:
+        assert schemas.leases.release_held(TrainedModel()) == 1  # back to the queue, no longer renewed
+    assert _job(key)["status"] == "pending"
