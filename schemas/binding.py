@@ -25,6 +25,7 @@ from .connection import (
 )
 from .data_info import DataInfo
 from .ensembles import Ensemble, EnsembleScore
+from .leases import LeasedJob
 from .mei_tables import MEI, MEIMethod, MEISeed  # noqa: F401  (MEIMethod, MEISeed: declared here)
 from .neuron_scores import NeuronScore
 from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here)
@@ -96,7 +97,7 @@ def activate(prefix: str | None = None, *, backend: str | None = None):
         schema.activate(name, connection=conn)
         create_views(conn, name)
         for table in computed_tables().values():
-            _dj_compat.declare_jobs_table(table)
+            _dj_compat.declare_jobs_table(table, LeasedJob)
     set_active(conn, settings, prefix)
     return conn
 

@@ -83,7 +83,10 @@ def apply_store_config() -> None:
 def connect(settings: dict[str, Any]):
     """The active connection when it was opened with ``settings`` and is alive, else a new one."""
     conn = _state["connection"]
-    if conn is not None and _state["settings"] == settings and conn.is_connected:
+    if conn is not None and _state["settings"] == settings:
+        if _dj_compat.connection_alive(conn):
+            return conn
+        _dj_compat.reopen_connection(conn)  # same object: the bound tables keep working
         return conn
     return _dj_compat.open_connection(
         settings["host"], settings["user"], settings["password"], settings["port"], settings["backend"]

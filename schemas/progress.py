@@ -24,6 +24,7 @@ from . import state_io
 from ._schema import schema
 from .configs import Dataset, Model, Seed, Trainer  # noqa: F401  (used in the definitions)
 from .connection import backend_of
+from .reconnect import retry_transient
 from .stopping import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -120,6 +121,11 @@ class ProgressRecorder:
         connection: the DataJoint connection (progress rows are written outside any transaction).
         every: checkpoint every this many epochs.
         progress_table, checkpoint_table: the tables to write (those of the training table).
+        guard: called first inside each write's transaction; it raises to refuse the write (the
+            training table's lease check, :func:`schemas.leases.guard`).
+
+    A write that fails because the connection dropped is retried after reconnecting
+    (:func:`schemas.reconnect.retry_transient`, about 90 s), so a server restart costs no epochs.
 
     The record passed to the callback must have the attributes ``epoch`` and
     :data:`RECORD_COLUMNS` and a ``training_state()`` method (``pipeline.training.EpochRecord``):
@@ -133,6 +139,7 @@ class ProgressRecorder:
         every: int = 1,
         progress_table: type = TrainingProgress,
         checkpoint_table: type = Checkpoint,
+        guard: Callable[[], None] | None = None,
     ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
@@ -141,6 +148,7 @@ class ProgressRecorder:
         self.every = every
         self.progress_table = progress_table
         self.checkpoint_table = checkpoint_table
+        self.guard = guard
         self.calls = 0
         self.last_epoch: int | None = None
         self.host = socket.gethostname()
@@ -161,7 +169,7 @@ class ProgressRecorder:
             "host": self.host,
         }
         # a resumed run rewrites its epochs
-        replace_row(self.progress_table, {**self.key, "epoch": epoch}, row, self.connection)
+        self._write(self.progress_table, {**self.key, "epoch": epoch}, row, "writing the progress row")
         stop = stop_requested()
         if stop or self.calls % self.every == 0:
             self.save_checkpoint(record)
@@ -214,7 +222,14 @@ class ProgressRecorder:
             self.checkpoint_too_large = True
             return
         row = {**self.key, "epoch": int(record.epoch), "state": data, "nbytes": len(data), "host": self.host}
-        replace_row(self.checkpoint_table, self.key, row, self.connection)
+        self._write(self.checkpoint_table, self.key, row, "saving the checkpoint")
+
+    def _write(self, table: type, key: Mapping[str, Any], row: Mapping[str, Any], what: str) -> None:
+        retry_transient(
+            lambda: replace_row(table, key, row, self.connection, guard=self.guard),
+            self.connection,
+            what=what,
+        )
 
 
 def delete_present(query) -> None:
@@ -228,9 +243,20 @@ def delete_present(query) -> None:
         query.delete_quick()
 
 
-def replace_row(table: type, key: Mapping[str, Any], row: Mapping[str, Any], connection) -> None:
-    """Write ``row`` as the one row of ``key`` in ``table`` (replacing an earlier one), in one transaction."""
+def replace_row(
+    table: type,
+    key: Mapping[str, Any],
+    row: Mapping[str, Any],
+    connection,
+    guard: Callable[[], None] | None = None,
+) -> None:
+    """Write ``row`` as the one row of ``key`` in ``table`` (replacing an earlier one), in one transaction.
+
+    ``guard`` runs first inside the transaction; what it raises cancels the write.
+    """
     with connection.transaction:
+        if guard is not None:
+            guard()
         delete_present(table() & dict(key))
         table().insert1(dict(row))
 

@@ -147,18 +147,31 @@ def db_start() -> None:
 
 
 @db.command("stop", context_settings=CONTEXT)
-def db_stop() -> None:
+@click.option("--force", is_flag=True, help="Stop even while clients (workers) are connected.")
+def db_stop(force: bool) -> None:
     """Stop the embedded server (its data stay on disk; the next command restarts it).
 
     \b
-    Stop workers first: a worker loses its connection when the server stops.
+    Refuses while other clients (workers, notebooks) are connected, unless --force: stop the
+    workers first (SIGTERM checkpoints their jobs). A worker whose server comes back within about
+    90 s reconnects and goes on training; later it gives up, and its job is re-pended once its
+    lease expires (SYSID_LEASE_SECONDS).
 
     \b
-    Example:
+    Examples:
       sysid db stop
+      sysid db stop --force; sleep 2; sysid db start     # restart under running workers
     """
     from schemas import embedded
 
+    clients = embedded.client_count()
+    if clients and not force:
+        raise click.ClickException(
+            f"{clients} client connection(s) to the embedded server (workers?): stop them first, "
+            "or pass --force (workers reconnect if the server is back within about 90 s)"
+        )
+    if clients:
+        click.echo(f"warning: stopping the server under {clients} connected client(s)", err=True)
     if embedded.stop():
         click.echo("embedded PostgreSQL stopped")
     else:
@@ -615,10 +628,13 @@ def worker(
     SIGTERM or Ctrl-C: the running training saves a checkpoint at the end of the current epoch,
     the job is released (another worker resumes it from the checkpoint) and the worker exits 0;
     --max-runtime does the same. A second signal exits at once (exit 130); the next worker's
-    sweep then frees the job. Jobs reserved by workers that died (SIGKILL, power loss) are
-    released at start and every --clear-interval seconds. Jobs that failed for a passing reason
-    (lost connection, deadlock) are retried up to 3 times. Logs name each job's
-    dataset/model/trainer hash and seed, and the SLURM job and array task when there is one.
+    sweep then frees the job. A running job keeps its lease by a heartbeat (server clock); jobs
+    whose worker died (SIGKILL, power loss) stop renewing and are re-pended, once older than
+    SYSID_LEASE_SECONDS, by the sweep at start and every --clear-interval seconds. A dropped
+    database connection is reopened and the call retried (server restarts up to about 90 s).
+    Jobs that failed for a passing reason (lost connection, deadlock) are retried up to 3 times.
+    Logs name each job's dataset/model/trainer hash and seed, and the SLURM job and array task
+    when there is one.
 
     \b
     With --gpus, this process only supervises: it starts --per-gpu workers per GPU with the

@@ -360,6 +360,7 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
                     wait,
                 )
                 nap(wait)
+                schemas.recover_connection(err)  # a dropped connection is reopened before the retry
                 continue
             failures = 0
             calls = _calls_done(result)
