@@ -215,10 +215,33 @@ class SearchDriver:
                 n_running += 1
                 n_asked += 1
                 asked += 1
+            done = n_asked >= total and n_running == 0 and self._settled(trials, registered)
         seconds = time.perf_counter() - started
         self.step_seconds.append(seconds)
         finished = n_asked - n_running
-        return StepResult(told, asked, n_running, finished, n_asked >= total and n_running == 0, seconds)
+        return StepResult(told, asked, n_running, finished, done, seconds)
+
+    def _settled(self, trials: list, registered: Mapping[int, Mapping[str, Any]]) -> bool:
+        """Whether every finished trial has its outcome row and its runs stored (a pruned trial's
+        worker tells Optuna before it stores the model and the outcome)."""
+        from optuna.trial import TrialState
+
+        from schemas import search_tables as st
+
+        name = self.spec.study
+        outcomes = {r["trial_number"] for r in (st.TrialOutcome() & {"study_name": name}).proj().to_dicts()}
+        for trial in trials:
+            if trial.state.is_finished() and trial.number in registered and trial.number not in outcomes:
+                self._record(trial)
+        pruned = [t.number for t in trials if t.state == TrialState.PRUNED and t.number in registered]
+        keys = [{**_pick(registered[n], _CONFIG_KEYS), "seed": s} for n in pruned for s in self.spec.seeds]
+        if not keys:
+            return True
+        stored = {
+            _ident(r) for r in (self.schemas.computed_tables()["TrainedModel"].proj() & keys).to_dicts()
+        }
+        _, errors = self._objective_values(keys)
+        return all(_ident(k) in stored or _ident(k) in errors for k in keys)
 
     def run(
         self, poll: float = 5.0, timeout: float | None = None, on_step: Callable | None = None
