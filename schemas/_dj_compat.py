@@ -231,7 +231,9 @@ def repend_job(table, key: Mapping[str, Any], priority: int | None = None) -> No
     key = {name: key[name] for name in jobs.primary_key}
     (jobs & key).delete_quick()
     priority = default_job_priority() if priority is None else int(priority)
-    jobs.insert1({**key, "status": "pending", "priority": priority})
+    # two workers that stop together both re-pend every interrupted job (release_interrupted_jobs):
+    # the second insert of the same key must not fail the second worker's release of its own job
+    jobs.insert1({**key, "status": "pending", "priority": priority}, skip_duplicates=True)
 
 
 def delete_jobs(table, status: str, restriction=None) -> int:

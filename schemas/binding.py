@@ -30,6 +30,7 @@ from .mei_tables import MEI, MEIMethod, MEISeed  # noqa: F401  (MEIMethod, MEISe
 from .neuron_scores import NeuronScore
 from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here)
 from .readout_parameters import ReadoutParameters
+from .search_tables import SearchTrial, SearchViewSet, Study, TrialOutcome, drop_optuna_storage  # noqa: F401
 from .settings import current_settings
 from .trained_model import TrainedModel
 
@@ -57,6 +58,7 @@ VIEW_SETS = (
         readouts=ReadoutParameters,
         data_info=DataInfo,
     ),
+    SearchViewSet(),
 )
 
 # table instances of the bound schema, reused across polls: an instance caches its key_source,
@@ -126,6 +128,8 @@ def drop_all() -> None:
     Used by tests and by the CLI's demo reset. Deletes the data for good.
     """
     active_connection()
+    if schema.database is not None:
+        drop_optuna_storage()  # the searches' Optuna storage beside the schema
     if schema.database is not None and schema.exists:
         schema.drop(prompt=False)
     _dj_compat.unbind_schema(schema)

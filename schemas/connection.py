@@ -144,10 +144,15 @@ def active_prefix() -> str | None:
     return _state["prefix"]
 
 
-def active_settings() -> dict[str, Any] | None:
-    """The settings (``host``, ``port``, ``user``, ``password``, ``backend``) the active connection
-    was opened with, for a second connection to the same server; None before activation."""
-    return _state["settings"]
+def active_settings() -> dict[str, Any]:
+    """The settings (``host``, ``port``, ``user``, ``password``, ``backend``) of the active connection.
+
+    Raises:
+        RuntimeError: :func:`schemas.activate` has not been called in this process.
+    """
+    if _state["settings"] is None:
+        raise RuntimeError("no database is active: call schemas.activate() first")
+    return dict(_state["settings"])
 
 
 def active_connection():

@@ -236,7 +236,7 @@ class LeasedJob(_dj_compat.Job):
         if not super().reserve(key):
             return False
         pk = {name: key[name] for name in self.primary_key}
-        settings = active_settings() or {}
+        settings = active_settings()
         server = tuple(
             (k, settings[k]) for k in ("host", "port", "user", "password", "backend") if k in settings
         )

@@ -36,9 +36,11 @@ __all__ = [
     "ProgressRecorder",
     "TrainingProgress",
     "checkpoint_definition",
+    "EPOCH_CHECKS",
     "delete_present",
     "latest_checkpoint",
     "progress_definition",
+    "register_epoch_check",
     "replace_row",
 ]
 
@@ -55,6 +57,18 @@ TRAINED_MODEL_KEY_DEFINITION = """
     -> Trainer
     -> Seed
 """
+
+
+#: factories of per-run epoch checks (e.g. a search's pruner, :mod:`schemas.search_tables`):
+#: ``factory(recorder) -> check | None`` once per training run; ``check(record) -> bool`` after every
+#: epoch's progress row, True ending the training early (cleanly, with its best state kept)
+EPOCH_CHECKS: list[Callable[[Any], Callable[[Any], bool] | None]] = []
+
+
+def register_epoch_check(factory: Callable[[Any], Callable[[Any], bool] | None]) -> None:
+    """Add ``factory`` to :data:`EPOCH_CHECKS` (once; registering it again does nothing)."""
+    if factory not in EPOCH_CHECKS:
+        EPOCH_CHECKS.append(factory)
 
 
 def progress_definition(key_definition: str) -> str:
@@ -140,6 +154,9 @@ class ProgressRecorder:
         self.host = socket.gethostname()
         self.checkpoint_too_large = False
         self._limit: float | None = None
+        self._checks: list[Callable[[Any], bool]] | None = None
+        #: the epoch at which an epoch check ended the training (None: it was not ended early)
+        self.stopped_early_at: int | None = None
 
     def __call__(self, record) -> bool:
         self.calls += 1
@@ -156,7 +173,30 @@ class ProgressRecorder:
         stop = stop_requested()
         if stop or self.calls % self.every == 0:
             self.save_checkpoint(record)
+        if not stop and self._ends_early(record):
+            self.stopped_early_at = epoch
+            return True
         return stop
+
+    def _ends_early(self, record) -> bool:
+        """Whether an epoch check (:data:`EPOCH_CHECKS`) ends this training now."""
+        if self._checks is None:
+            self._checks = []
+            for factory in EPOCH_CHECKS:
+                try:
+                    check = factory(self)
+                except Exception as err:  # as below: train on without the check
+                    logger.warning("epoch check %r failed: %s: %s", factory, type(err).__name__, err)
+                    continue
+                if check is not None:
+                    self._checks.append(check)
+        for check in self._checks:
+            try:
+                if check(record):
+                    return True
+            except Exception as err:  # a check's trouble (e.g. its database) must not end the training
+                logger.warning("epoch check %r failed: %s: %s", check, type(err).__name__, err)
+        return False
 
     def checkpoint_limit(self) -> float:
         """Largest checkpoint the server accepts in one statement (MySQL: half of max_allowed_packet)."""

@@ -74,6 +74,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SYSID_GIT_COMMIT", "the checkout's `HEAD`", "the commit stored with each trained model (for installs without `.git`)", "schemas.run_info"),
     Variable("SYSID_DEBUG", "off", "`1`: CLI errors show their traceback", "sysid.cli"),
     Variable("SYSID_DATA_DIR", "`./data`", "host folder mounted read-only at `/data` in the containers", "docker-compose.yml"),
+    Variable("SYSID_WORKERS_PER_GPU", "1", "worker processes per GPU of the compose `worker` service (`sysid worker --gpus all --per-gpu N`)", "docker-compose.yml"),
     Variable("MYSQL_ROOT_PASSWORD", "required in `.env`", "the MySQL server's root password", "docker-compose.yml"),
     Variable("DB_PORT", "3306", "host port of the MySQL container, for SQL clients", "docker-compose.yml"),
 )  # fmt: skip

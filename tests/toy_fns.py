@@ -156,6 +156,20 @@ def toy_stopping_trainer(
     return toy_trainer(model, dataloaders, seed, uid=uid, cb=callback, resume_state=resume_state, **config)
 
 
+def toy_flaky_trainer(model, dataloaders, seed, uid=None, cb=None, resume_state=None, marker="", **config):
+    """:func:`toy_trainer` that first fails as a lost database connection would, once per ``marker`` file.
+
+    The first call creates the file ``marker`` and raises; later calls train normally.
+    """
+    from pathlib import Path
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise ConnectionError("(2013, 'Lost connection to MySQL server during query')")
+    return toy_trainer(model, dataloaders, seed, uid=uid, cb=cb, resume_state=resume_state, **config)
+
+
 def toy_hijacked_trainer(
     model, dataloaders, seed, uid=None, cb=None, resume_state=None, hijack_at_epoch=1, **config
 ):
