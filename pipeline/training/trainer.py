@@ -166,7 +166,10 @@ def standard_trainer(
         min_lr: the LR floor.
         track_training: also record the validation Poisson loss every evaluated epoch.
         return_test_score: also compute the test correlation (``output["test_correlation"]``).
-        detach_core: train the readouts only (no gradient into the core, no core regularizer).
+        detach_core: train the readouts only (no gradient into the core, no core regularizer);
+            implied when the model's core is frozen (``model.core_frozen``). A model with
+            ``parameter_groups(lr)`` (``FiringRateEncoder``: the core's own ``core_lr``) gets its
+            Adam groups from it.
         progress: show a tqdm bar over epochs.
         amp: "bf16" runs forward passes under bfloat16 autocast on CUDA; None (default) or on the
             CPU: full precision.
@@ -198,6 +201,8 @@ def standard_trainer(
         resume_state,
     )
     dev = resolve_device(device)
+    # a model whose core is frozen (FiringRateEncoder.freeze_core) trains like detach_core=True
+    detach_core = bool(detach_core or getattr(model, "core_frozen", False))
     seed = set_seed(seed)
     forward_model = _place_model(model, dev, compile)
     stop_measure = _STOP_FUNCTIONS[stop_function]
@@ -313,7 +318,9 @@ def _new_run(
     track_training: bool,
 ) -> TrainingRun:
     """Adam, ``ReduceLROnPlateau`` on the objective and early stopping, held by a new :class:`TrainingRun`."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_init)
+    # a model may give its own parameter groups (a transferred core's learning rate, a frozen core)
+    groups = model.parameter_groups(lr_init) if hasattr(model, "parameter_groups") else model.parameters()
+    optimizer = torch.optim.Adam(groups, lr=lr_init)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
         mode="max" if maximize else "min",
