@@ -31,11 +31,28 @@ from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here
 from .readout_parameters import ReadoutParameters
 from .settings import current_settings
 from .trained_model import TrainedModel
+from .transfers import (
+    SOURCE_COLUMNS,
+    TransferredModel,
+    TransferredReadoutParameters,
+    TransferredScore,
+    TransferSource,
+)
 
 __all__ = ["POPULATED", "VIEW_SETS", "activate", "computed_tables", "create_views", "drop_all"]
 
 #: the tables workers populate, in populate order (a table after the tables it reads)
-POPULATED = (DataInfo, TrainedModel, NeuronScore, ReadoutParameters, EnsembleScore, MEI)
+POPULATED = (
+    DataInfo,
+    TrainedModel,
+    NeuronScore,
+    ReadoutParameters,
+    TransferredModel,
+    TransferredScore,
+    TransferredReadoutParameters,
+    EnsembleScore,
+    MEI,
+)
 
 #: the SQL views of each training table
 VIEW_SETS = (
@@ -46,6 +63,15 @@ VIEW_SETS = (
         scores=NeuronScore,
         readouts=ReadoutParameters,
         data_info=DataInfo,
+    ),
+    views.ViewSet(
+        models_view=views.TRANSFERRED_MODEL_VIEW,
+        neurons_view=views.TRANSFERRED_NEURON_VIEW,
+        trained=TransferredModel,
+        scores=TransferredScore,
+        readouts=TransferredReadoutParameters,
+        data_info=DataInfo,
+        joins=((TransferSource, ("source_table", *SOURCE_COLUMNS)),),
     ),
     views.MEIViewSet(
         meis_view=views.MEI_VIEW,

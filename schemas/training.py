@@ -98,6 +98,11 @@ def trained_model_definition(
     """
 
 
+#: functions called after every ``TrainingTable.delete`` (e.g. removing transfers whose source is
+#: gone: :mod:`schemas.transfers` registers one); each takes no arguments
+AFTER_DELETE: list = []
+
+
 class hybridmethod:
     """A method callable on the class (``TrainedModel.load_model(key)``) or on a restricted instance."""
 
@@ -261,6 +266,8 @@ class TrainingTable:
         if gone:
             (self.progress_table() & gone).delete_quick()
             (self.checkpoint_table() & gone).delete_quick()
+        for hook in AFTER_DELETE:
+            hook()
         return result
 
     @hybridmethod
