@@ -240,12 +240,12 @@ def delete_orphaned_chains() -> int:
         return 0
     deleted = 0
     while True:
-        orphans = (TransferSource() & {"source_table": "TransferredModel"}) - ChainedSource().proj()
-        count = len(orphans)
-        if not count:
+        orphans = ((TransferSource() & {"source_table": "TransferredModel"}) - ChainedSource().proj()).keys()
+        if not orphans:
             return deleted
-        orphans.delete(prompt=False)
-        deleted += count
+        # restricted by plain keys: DataJoint's cascade cannot start from an antijoin on MySQL
+        (TransferSource() & orphans).delete(prompt=False)
+        deleted += len(orphans)
 
 
 AFTER_DELETE.append(delete_orphaned_chains)
