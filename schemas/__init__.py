@@ -43,6 +43,8 @@ _EXPORTS = {
     "MEIMethod": "mei_tables",
     "MEISeed": "mei_tables",
     "MEI": "mei_tables",
+    "ImportedCheckpoint": "imported",
+    "import_checkpoint": "checkpoint_import",
     "Transfer": "transfers",
     "TransferSource": "transfers",
     "ChainedSource": "transfers",
@@ -78,12 +80,14 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 _SUBMODULES = {
     "binding",
+    "checkpoint_import",
     "columns",
     "configs",
     "connection",
     "data_info",
     "embedded",
     "ensembles",
+    "imported",
     "job_events",
     "jobs",
     "mei_tables",

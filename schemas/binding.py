@@ -25,6 +25,7 @@ from .connection import (
 )
 from .data_info import DataInfo
 from .ensembles import Ensemble, EnsembleScore
+from .imported import ImportedCheckpoint  # noqa: F401  (declared here)
 from .mei_tables import MEI, MEIMethod, MEISeed  # noqa: F401  (MEIMethod, MEISeed: declared here)
 from .neuron_scores import NeuronScore
 from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here)

@@ -692,6 +692,12 @@ def demo(workers: int, out_dir: Path, epochs: int, keep: bool) -> None:
     run_demo(out_dir=out_dir, workers=workers, epochs=epochs, keep=keep, console=_console())
 
 
+# ------------------------------------------------------------------ import-checkpoint, transfers
+from .transfers import add_commands as _add_transfer_commands  # noqa: E402  (click only; no schemas)
+
+_add_transfer_commands(cli)
+
+
 def main() -> None:
     """Entry point of the ``sysid`` console script."""
     # nothing is imported here: `sysid worker` must block its stop signals before any library

@@ -93,6 +93,7 @@ def _delete_everything() -> None:
         schemas.ReadoutParameters,
         schemas.TrainedModel.StoredState,
         schemas.TrainedModel,
+        schemas.ImportedCheckpoint,
         schemas.DataInfo.Neuron,
         schemas.DataInfo.Session,
         schemas.DataInfo,
