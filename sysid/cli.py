@@ -236,6 +236,9 @@ def register(file: Path, dry_run: bool) -> None:
       trainer: {fn: pipeline.training.standard_trainer, config: {max_iter: 100}}
       mei_method: {fn: pipeline.mei.optimize_meis, config: {norm: 10.0}}   # optional
       mei_seeds: [0]                                                      # optional
+      transfer:                                                           # optional
+        sources: [{model: 3f9a, dataset: 11be, seed: 1}]   # trained models (hash prefixes)
+        recipe: [{freeze_core: true}, {freeze_core: false, core_lr: 0.001}]
 
     \b
     A `grid:` block inside a config maps names to lists; every combination becomes one
@@ -243,7 +246,9 @@ def register(file: Path, dry_run: bool) -> None:
     Every dataset x model x trainer x seed combination is one model for the workers to train.
     MEI methods (a file may hold only those) are computed for every ensemble (`sysid ensemble
     create`) x MEI method x MEI seed. All entries are validated (function imports, config keys
-    accepted; MEI settings by pipeline.mei.MEIConfig) before any is inserted.
+    accepted; MEI settings by pipeline.mei.MEIConfig) before any is inserted. A `transfer:`
+    section makes every source x recipe x dataset x model x trainer x seed a transfer (its core
+    from the source), checked at registration (sysid.transfer_plan).
     See examples/demo_grid.yaml.
 
     \b
@@ -271,6 +276,8 @@ def register(file: Path, dry_run: bool) -> None:
         console.print(
             f"{counts} x {len(plan.seeds)} seed(s) = [bold]{plan.n_combinations}[/bold] model(s) to train{experiment}"
         )
+    if plan.transfer and not dry_run:
+        console.print(f"[bold]{len(keys['transfer'])}[/bold] transfer(s) registered (TransferTask)")
     if plan.entries[MEI_SECTION] or plan.mei_seeds:
         console.print(
             f"{len(plan.entries[MEI_SECTION])} MEI method(s), MEI seed(s) {plan.mei_seeds or 'none new'}: MEIs of "

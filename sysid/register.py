@@ -64,7 +64,7 @@ SECTIONS = CONFIG_ROLES
 #: the optional section of MEI methods (rows of ``MEIMethod``) and the key of the MEI seeds
 MEI_SECTION = "mei_method"
 MEI_SEEDS = "mei_seeds"
-_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant", MEI_SECTION, MEI_SEEDS}
+_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant", MEI_SECTION, MEI_SEEDS, "transfer"}
 _ENTRY_KEYS = {"fn", "config", "comment"}
 
 
@@ -136,6 +136,8 @@ class Plan:
     experiment: dict[str, str] | None = None
     fabrikant: dict[str, str] | None = None
     mei_seeds: list[int] = field(default_factory=list)
+    #: the ``transfer:`` section (:mod:`sysid.transfer_plan`), or None
+    transfer: dict[str, Any] | None = None
 
     @property
     def n_combinations(self) -> int:
@@ -352,9 +354,19 @@ def parse_plan(doc: Mapping[str, Any], source: str = "registration file") -> Pla
     mei_seeds = _parse_seeds(doc[MEI_SEEDS], problems, MEI_SEEDS) if MEI_SEEDS in doc else []
     experiment = _parse_named("experiment", doc.get("experiment"), problems, {"name", "comment"})
     fabrikant = _parse_named("fabrikant", doc.get("fabrikant"), problems, {"name", "email", "affiliation"})
+    from .transfer_plan import parse_transfer
+
+    transfer = parse_transfer(doc.get("transfer"), problems)
     if problems:
         raise RegistrationError(problems, source)
-    return Plan(entries=entries, seeds=seeds, experiment=experiment, fabrikant=fabrikant, mei_seeds=mei_seeds)
+    return Plan(
+        entries=entries,
+        seeds=seeds,
+        experiment=experiment,
+        fabrikant=fabrikant,
+        mei_seeds=mei_seeds,
+        transfer=transfer,
+    )
 
 
 def _default_validator(fn: str, config: dict[str, Any], role: str) -> None:
@@ -446,6 +458,10 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
     keys["mei_seed"] = [{"mei_seed": s} for s in plan.mei_seeds]
     if plan.experiment is not None:
         _add_experiment(schemas, plan.experiment, fabrikant, keys)
+    if plan.transfer:
+        from .transfer_plan import register_transfers
+
+        keys["transfer"] = register_transfers(plan, schemas, keys)
     return keys
 
 

@@ -253,3 +253,30 @@ def test_a_transferred_model_is_a_source_and_deleting_the_source_cascades(empty_
     assert chained(torch.zeros(2, 1, 18, 32), data_key="90004-1-1").shape == (2, 8)
     (schemas.TrainedModel() & source).delete(prompt=False)
     assert len(TransferredModel()) == 0 and len(TransferTask()) == 0
+
+
+def test_registration_file_grids_transfers_over_target_sizes(empty_db, sessions):
+    import schemas
+    from sysid.register import RegistrationError, parse_plan, register_plan, validate_plan
+
+    source = _source(sessions)
+    doc = {
+        "seeds": [2],
+        "dataset": {
+            "fn": "pipeline.data.static_loaders",
+            "config": {"paths": [str(sessions[3])], "batch_size": 16, "grid": {"image_n": [30, 60]}},
+        },
+        "model": {"fn": MODEL_FN, "config": MODEL_CONFIG},
+        "trainer": {"fn": TRAINER_FN, "config": TARGET},
+        "transfer": {
+            "sources": [{"model": source["model_hash"][:8], "dataset": source["dataset_hash"][:8]}],
+            "recipe": [{"freeze_core": True}, {"freeze_core": False, "grid": {"core_lr": [0.0001, 0.001]}}],
+        },
+    }
+    plan = parse_plan(doc)
+    validate_plan(plan)
+    keys = register_plan(plan, schemas)
+    assert len(keys["transfer"]) == 2 * 3 and len(schemas.TransferTask()) == 6
+    assert len(schemas.Transfer()) == 3
+    with pytest.raises(RegistrationError, match="core_lr"):
+        parse_plan({**doc, "transfer": {**doc["transfer"], "recipe": {"freeze_core": True, "core_lr": 0.1}}})
