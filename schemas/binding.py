@@ -32,13 +32,8 @@ from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here
 from .readout_parameters import ReadoutParameters
 from .settings import current_settings
 from .trained_model import TrainedModel
-from .transfers import (
-    SOURCE_COLUMNS,
-    TransferredModel,
-    TransferredReadoutParameters,
-    TransferredScore,
-    TransferSource,
-)
+from .transfer_scores import TransferredReadoutParameters, TransferredScore
+from .transfers import SOURCE_COLUMNS, TransferredModel, TransferSource
 
 __all__ = ["POPULATED", "VIEW_SETS", "activate", "computed_tables", "create_views", "drop_all"]
 

@@ -12,8 +12,7 @@
 * :class:`TransferredModel` — a :class:`~schemas.training.TrainingTable` (the same three-method make,
   progress, checkpoints, resume, SIGTERM handling and ``load_model`` as ``TrainedModel``) whose
   ``initial_model`` copies the source core into the target model.
-* :class:`TransferredScore`, :class:`TransferredReadoutParameters` — its per-neuron scores and
-  readout parameters (the same table code as ``NeuronScore`` / ``ReadoutParameters``).
+* Its per-neuron scores and readout parameters: :mod:`schemas.transfer_scores`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datajoint as dj
-import pandas as pd
 
 from pipeline import builder
 from pipeline.builder import config_hash
@@ -31,14 +29,9 @@ from pipeline.models import data_info_from_loaders
 from pipeline.models.transfer import TransferError, TransferRecipe, transfer
 
 from ._schema import schema
-from .columns import SUMMARY_COLUMNS
 from .configs import ConfigTable, Dataset, Fabrikant, Model, Seed, Trainer, config_definition, config_dict
-from .data_info import DataInfo  # noqa: F401  (in the definitions)
 from .model_loading import rebuild_model
-from .neuron_scores import NEURON_SCORE_UNIT_DEFINITION, NeuronScoreTable, neuron_score_definition
 from .progress import checkpoint_definition, progress_definition
-from .readout_parameters import READOUT_UNIT_DEFINITION, ReadoutParametersTable, readout_parameters_definition
-from .result_table import flatten_config
 from .trained_model import TRAINED_MODEL_KEY, TrainedModel
 from .training import (
     AFTER_DELETE,
@@ -61,12 +54,9 @@ __all__ = [
     "TransferSource",
     "TransferTask",
     "TransferredModel",
-    "TransferredReadoutParameters",
-    "TransferredScore",
     "register_transfer",
     "source_hash",
     "source_table",
-    "transferred_results",
 ]
 
 #: the function path of every transfer recipe (the class that checks it)
@@ -251,24 +241,6 @@ def delete_orphaned_chains() -> int:
 AFTER_DELETE.append(delete_orphaned_chains)
 
 
-@schema
-class TransferredScore(NeuronScoreTable, dj.Computed):
-    source = TransferredModel
-    definition = neuron_score_definition("TransferredModel")
-
-    class Unit(dj.Part):
-        definition = NEURON_SCORE_UNIT_DEFINITION
-
-
-@schema
-class TransferredReadoutParameters(ReadoutParametersTable, dj.Computed):
-    source = TransferredModel
-    definition = readout_parameters_definition("TransferredModel")
-
-    class Unit(dj.Part):
-        definition = READOUT_UNIT_DEFINITION
-
-
 #: the tables a transfer's source can come from, by name
 SOURCE_TABLES: dict[str, type] = {"TrainedModel": TrainedModel, "TransferredModel": TransferredModel}
 
@@ -376,29 +348,3 @@ def register_transfer(
             )
         TransferTask().insert1({**key, "task_fabrikant": who}, skip_duplicates=True)
     return key
-
-
-def transferred_results(restriction: Any = None) -> pd.DataFrame:
-    """One row per transferred model: its key, the source's model/dataset/trainer/seed, score and
-    summary scores, and the target and recipe configs as ``<role>.<key>`` columns (empty when none)."""
-    trained = TransferredModel() if restriction is None else TransferredModel() & restriction
-    query = trained.proj("score", "seconds", "host", "device", TransferredModel.timestamp_column)
-    query = query * TransferSource().proj("source_table", *SOURCE_COLUMNS)
-    query = query * Dataset().proj("dataset_config") * Model().proj("model_config")
-    query = query * Trainer().proj("trainer_config") * Transfer().proj("transfer_config")
-    rows = query.to_dicts()
-    if not rows:
-        return pd.DataFrame()
-    key_names = TransferredModel().primary_key
-    summaries = {
-        tuple(row[k] for k in key_names): row for row in TransferredScore().proj(*SUMMARY_COLUMNS).to_dicts()
-    }
-    flat = []
-    for row in rows:
-        out = {k: v for k, v in row.items() if not k.endswith("_config")}
-        summary = summaries.get(tuple(row[k] for k in key_names), {})
-        out.update({k: summary.get(k) for k in SUMMARY_COLUMNS})
-        for role in ("dataset", "model", "trainer", "transfer"):
-            out.update(flatten_config(row[f"{role}_config"], role))
-        flat.append(out)
-    return pd.DataFrame(flat)

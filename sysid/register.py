@@ -356,7 +356,7 @@ def parse_plan(doc: Mapping[str, Any], source: str = "registration file") -> Pla
     fabrikant = _parse_named("fabrikant", doc.get("fabrikant"), problems, {"name", "email", "affiliation"})
     from .transfer_plan import parse_transfer
 
-    transfer = parse_transfer(doc.get("transfer"), problems)
+    transfer = parse_transfer(doc.get("transfer"), problems, expand_grid)
     if problems:
         raise RegistrationError(problems, source)
     return Plan(

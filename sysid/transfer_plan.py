@@ -36,11 +36,15 @@ _SOURCE_KEYS = {"model", "dataset", "trainer", "seed"}
 _HEX = re.compile(r"^[0-9a-f]{1,32}$")
 
 
-def parse_transfer(raw: Any, problems: list[str]) -> dict[str, Any] | None:
-    """Check the section's structure; return ``{"sources": [...], "recipes": [config, ...], "table": str}``."""
-    from pipeline.models.transfer import TransferRecipe
+def parse_transfer(raw: Any, problems: list[str], expand_grid) -> dict[str, Any] | None:
+    """Check the section's structure; return ``{"sources": [...], "recipes": [config, ...], "table": str}``.
 
-    from .register import expand_grid
+    Args:
+        raw: the section as parsed.
+        problems: where every problem found is appended.
+        expand_grid: ``sysid.register.expand_grid`` (a recipe may hold a ``grid:`` block).
+    """
+    from pipeline.models.transfer import TransferRecipe
 
     if raw is None:
         return None
