@@ -567,6 +567,11 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
     "--all-columns", is_flag=True, help="Show every column, not only scores and config values that differ."
 )
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Rows to show.")
+@click.option(
+    "--transferred",
+    is_flag=True,
+    help="Transferred models instead: with their source (source_model_hash ...) and transfer.* columns.",
+)
 def results(
     sort_by: str | None,
     ascending: bool,
@@ -574,6 +579,7 @@ def results(
     csv_path: Path | None,
     all_columns: bool,
     limit: int,
+    transferred: bool,
 ) -> None:
     """Table of trained models: key, scores and config values (one column per config entry).
 
@@ -588,11 +594,12 @@ def results(
       sysid results --sort seed --ascending
       sysid results --filter "score > 0.2 and seed == 1"
       sysid results --filter "`model.layers` == 2" --csv results.csv
+      sysid results --transferred --sort test_correlation
     """
     from .results import results_table, select_rows
 
     schemas = _activate()
-    table = schemas.results()
+    table = schemas.transferred_results() if transferred else schemas.results()
     table = select_rows(table, filter_expr=filter_expr, sort=sort_by, ascending=ascending)
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,9 @@ def test_frozen_and_fine_tuned_transfers_by_two_workers(empty_db, worker_env, se
     table = schemas.transferred_results()
     assert set(table["transfer.freeze_core"]) == {True, False}
     assert set(table["source_model_hash"]) == {source["model_hash"]}
+    from sysid.results import results_table
+
+    assert results_table(table) is not None  # what `sysid results --transferred` prints
 
 
 def test_killed_worker_resumes_the_transfer_from_its_checkpoint(empty_db, worker_env, sessions):
