@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pipeline.training.imported import MAX_CHECKPOINT_BYTES, load_strictly, read_state_file
 
-from .configs import Dataset, Fabrikant, Model, Seed, Trainer
+from .configs import Dataset, DuplicateEntryWarning, Fabrikant, Model, Seed, Trainer
 from .imported import IMPORTED_TRAINER, ImportedCheckpoint
 from .model_loading import TrainingJob, rebuild_model
 
@@ -63,12 +64,15 @@ def import_checkpoint(
     load_strictly(built, state, what=str(file))  # refused here: nothing written yet
     who = Fabrikant.ensure(fabrikant)
     Seed().insert1({"seed": int(seed)}, skip_duplicates=True)
-    trainer = Trainer.add_entry(
-        IMPORTED_TRAINER,
-        {"path": str(file), "sha256": digest},
-        fabrikant=who,
-        comment=f"imported {file.name}"[:256],
-    )
+    with warnings.catch_warnings():  # importing the same file again reuses its trainer row
+        warnings.simplefilter("ignore", DuplicateEntryWarning)
+        trainer = Trainer.add_entry(
+            IMPORTED_TRAINER,
+            {"path": str(file), "sha256": digest},
+            trainer_comment=f"imported {file.name}"[:256],
+            trainer_fabrikant=who,
+            skip_duplicates=True,
+        )
     key = {**model, **dataset, **trainer, "seed": int(seed)}
     ImportedCheckpoint().insert1(
         {**key, "source_path": str(file), "sha256": digest, "file_nbytes": size, "import_fabrikant": who},

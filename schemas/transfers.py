@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,17 @@ from pipeline.models import data_info_from_loaders
 from pipeline.models.transfer import TransferError, TransferRecipe, transfer
 
 from ._schema import schema
-from .configs import ConfigTable, Dataset, Fabrikant, Model, Seed, Trainer, config_definition, config_dict
+from .configs import (
+    ConfigTable,
+    Dataset,
+    DuplicateEntryWarning,
+    Fabrikant,
+    Model,
+    Seed,
+    Trainer,
+    config_definition,
+    config_dict,
+)
 from .model_loading import rebuild_model
 from .progress import checkpoint_definition, progress_definition
 from .trained_model import TRAINED_MODEL_KEY, TrainedModel
@@ -78,9 +89,37 @@ class Transfer(ConfigTable, dj.Manual):
         return TransferRecipe.from_config(dict(config or {})).to_config()
 
     @classmethod
-    def add_recipe(cls, config: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, str]:
-        """``add_entry(RECIPE_FN, config, ...)``: register a recipe, return its key."""
-        return cls.add_entry(RECIPE_FN, config, **kwargs)
+    def add_entry(
+        cls,
+        transfer_fn: str,
+        transfer_config: Mapping[str, Any] | None,
+        transfer_comment: str = "",
+        transfer_fabrikant: str | None = None,
+        skip_duplicates: bool = False,
+        return_pk_only: bool = True,
+    ) -> dict[str, Any]:
+        """Register a recipe, like the other config tables' ``add_entry`` (``transfer_fn`` is :data:`RECIPE_FN`).
+
+        Returns:
+            ``{"transfer_fn", "transfer_hash"}``, or the whole row with ``return_pk_only=False``.
+        """
+        return cls.insert_config(
+            transfer_fn,
+            transfer_config,
+            transfer_comment,
+            transfer_fabrikant,
+            skip_duplicates,
+            return_pk_only,
+        )
+
+    @classmethod
+    def add_recipe(
+        cls, config: Mapping[str, Any] | None = None, comment: str = "", fabrikant: str | None = None
+    ) -> dict[str, str]:
+        """Register a recipe (an existing one is returned): ``{"transfer_fn", "transfer_hash"}``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DuplicateEntryWarning)
+            return cls.add_entry(RECIPE_FN, config, comment, fabrikant, skip_duplicates=True)
 
 
 def source_hash(table_name: str, key: Mapping[str, Any]) -> str:

@@ -94,7 +94,7 @@ def test_cli_imports_a_peer_checkpoint_with_scores_and_readout_rows(empty_db, sy
     assert len(schemas.DataInfo.Neuron & key) == 9
     assert len(schemas.NeuronScore.Unit & key & {"tier": "test"}) == 9
     assert len(schemas.ReadoutParameters.Unit & key) == 9
-    ours = schemas.TrainedModel.load_model(key)
+    ours = schemas.TrainedModel.load_model(key, include_dataloader=False)
     loader = next(iter(static_loaders([str(dataset_path)], batch_size=8, seed=0)["test"].values()))
     batch = next(iter(loader))
     with torch.no_grad():

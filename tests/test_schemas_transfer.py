@@ -21,6 +21,8 @@ import torch
 
 from tests.fixtures_db import REPO_ROOT
 
+pytestmark = pytest.mark.filterwarnings("ignore::schemas.configs.DuplicateEntryWarning")
+
 MODEL_CONFIG = dict(
     hidden_channels=8,
     input_kern=7,
@@ -102,10 +104,12 @@ def _source(sessions, model_config=None):
     Seed.insert1({"seed": 1}, skip_duplicates=True)
     key = {
         **Dataset.add_entry(
-            "pipeline.data.static_loaders", {"paths": [str(p) for p in sessions[:3]], "batch_size": 16}
+            "pipeline.data.static_loaders",
+            {"paths": [str(p) for p in sessions[:3]], "batch_size": 16},
+            skip_duplicates=True,
         ),
-        **Model.add_entry(MODEL_FN, model_config or MODEL_CONFIG),
-        **Trainer.add_entry(TRAINER_FN, QUICK),
+        **Model.add_entry(MODEL_FN, model_config or MODEL_CONFIG, skip_duplicates=True),
+        **Trainer.add_entry(TRAINER_FN, QUICK, skip_duplicates=True),
         "seed": 1,
     }
     DataInfo.populate(key)
@@ -119,10 +123,12 @@ def _target(sessions, trainer=TARGET, model_config=None):
 
     keys = {
         "dataset": Dataset.add_entry(
-            "pipeline.data.static_loaders", {"paths": [str(sessions[3])], "batch_size": 16}
+            "pipeline.data.static_loaders",
+            {"paths": [str(sessions[3])], "batch_size": 16},
+            skip_duplicates=True,
         ),
-        "model": Model.add_entry(MODEL_FN, model_config or MODEL_CONFIG),
-        "trainer": Trainer.add_entry(TRAINER_FN, trainer),
+        "model": Model.add_entry(MODEL_FN, model_config or MODEL_CONFIG, skip_duplicates=True),
+        "trainer": Trainer.add_entry(TRAINER_FN, trainer, skip_duplicates=True),
     }
     DataInfo.populate(keys["dataset"])
     return keys
@@ -174,7 +180,7 @@ def test_frozen_and_fine_tuned_transfers_by_two_workers(empty_db, worker_env, se
         (o["best_epoch"], o["val_correlation"], o["initial_val_correlation"], o["lr"]) for o in outputs
     ]
     assert all(k.startswith(("core.", "readout.90004-1-1.")) for k in frozen_state)
-    model = TransferredModel.load_model(keys[0])
+    model = TransferredModel.load_model(keys[0], include_dataloader=False)
     assert model.readout["90004-1-1"].outdims == 8
 
     q = quote_identifier(empty_db.conn)
@@ -252,7 +258,7 @@ def test_a_transferred_model_is_a_source_and_deleting_the_source_cascades(empty_
     second = register_transfer(first, **target, seed=4, recipe=tuned, table="TransferredModel")
     TransferredModel.populate(second)
     assert len(TransferredModel()) == 2 and len(ChainedSource()) == 1
-    chained = TransferredModel.load_model(second)
+    chained = TransferredModel.load_model(second, include_dataloader=False)
     assert chained(torch.zeros(2, 1, 18, 32), data_key="90004-1-1").shape == (2, 8)
     (schemas.TrainedModel() & source).delete(prompt=False)
     assert len(TransferredModel()) == 0 and len(TransferTask()) == 0
