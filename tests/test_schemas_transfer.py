@@ -206,9 +206,13 @@ def test_frozen_and_fine_tuned_transfers_by_two_workers(empty_db, worker_env, se
     assert results_table(table) is not None  # what `sysid results --transferred` prints
 
 
-def test_killed_worker_resumes_the_transfer_from_its_checkpoint(empty_db, worker_env, sessions):
+def test_killed_worker_resumes_the_transfer_from_its_checkpoint(empty_db, worker_env, sessions, monkeypatch):
     import schemas
     from schemas import Transfer, TransferCheckpoint, TransferredModel, register_transfer
+
+    # a short lease: the killed worker's heartbeat stops and its job expires within seconds
+    monkeypatch.setenv("SYSID_LEASE_SECONDS", "2")
+    worker_env["SYSID_LEASE_SECONDS"] = "2"
 
     source = _source(sessions)
     target = _target(sessions, trainer=LONG)
