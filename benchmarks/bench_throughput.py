@@ -22,7 +22,8 @@ first-epoch and steady-state seconds per epoch and the ratio peer / ours, plus t
 correlation after every epoch of both (the curves; they differ by the two sides' shuffling streams).
 
 Usage: ``python benchmarks/bench_throughput.py [--neurons 1000 5335] [--steps 8] [--epochs 3]
-[--batch-size 128] [--scale 1.0] [--threads 2] [--skip-peer] [--small]``; ``--small`` uses the small
+[--batch-size 128] [--scale 1.0] [--threads 2] [--skip-peer] [--small] [--before]``; ``--before`` also
+trains ours with ``reuse_cpu_memory=False`` (the allocator as before, last column); ``--small`` uses the small
 configuration (a 3-layer 16-channel core without the grid predictor) instead of the SOTA one.
 """
 
@@ -212,6 +213,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--small", action="store_true", help="the small configuration instead of SOTA")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="also train ours as before the allocator change (reuse_cpu_memory=False), same weights and batches",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if not args.path.exists():
@@ -227,8 +233,10 @@ def main() -> None:
         f"config={'small' if args.small else 'SOTA'} threads={args.threads} steps/epoch={args.steps} "
         f"epochs={args.epochs} batch={args.batch_size} scale={args.scale} torch={torch.__version__}"
     )
-    print("| neurons | ours first s | ours s/epoch | peer first s | peer s/epoch | ours / peer |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| neurons | ours first s | ours s/epoch | peer first s | peer s/epoch | ours / peer | before s/epoch |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -245,10 +253,20 @@ def main() -> None:
                 text += f" {p_first:.2f} | {p_steady:.2f} | {o_steady / p_steady:.2f} |"
             else:
                 text += " - | - | - |"
+            if args.before:
+                before = run_ours(path, args, model_config, str(workdir / "cache"), reuse_cpu_memory=False)
+                row.update(before=before["epoch_s"], before_val=before["val"])
+                text += f" {summary(before['epoch_s'])[1]:.2f} |"
+            else:
+                text += " - |"
             print(text, flush=True)
             results.append(row)
     for row in results:
         print(f"{row['neurons']} neurons: ours val corr per epoch {np.round(row['ours_val'], 4).tolist()}")
+        if "before_val" in row:
+            print(
+                f"{row['neurons']} neurons: before val corr per epoch {np.round(row['before_val'], 4).tolist()}"
+            )
         if "peer_val" in row:
             print(
                 f"{row['neurons']} neurons: peer val corr per epoch {np.round(row['peer_val'], 4).tolist()}"
