@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,17 +430,12 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
     tables = {"dataset": schemas.Dataset, "model": schemas.Model, "trainer": schemas.Trainer}
     keys: dict[str, list[dict[str, Any]]] = {}
     for section in SECTIONS:
-        table = tables[section]()
-        keys[section] = [
-            dict(table.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
-            for e in plan.entries[section]
-        ]
+        keys[section] = [_add_config(tables[section], e, fabrikant, schemas) for e in plan.entries[section]]
     if plan.seeds:
         schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
     keys["seed"] = [{"seed": s} for s in plan.seeds]
     keys[MEI_SECTION] = [
-        dict(schemas.MEIMethod.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
-        for e in plan.entries.get(MEI_SECTION, [])
+        _add_config(schemas.MEIMethod, e, fabrikant, schemas) for e in plan.entries.get(MEI_SECTION, [])
     ]
     if plan.mei_seeds:
         schemas.MEISeed().insert([{"mei_seed": s} for s in plan.mei_seeds], skip_duplicates=True)
@@ -447,6 +443,13 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
     if plan.experiment is not None:
         _add_experiment(schemas, plan.experiment, fabrikant, keys)
     return keys
+
+
+def _add_config(table: Any, entry: Any, fabrikant: str | None, schemas: Any) -> dict[str, Any]:
+    """Register one config entry of the file, reusing an existing row silently (nnfabrik's add_entry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", schemas.DuplicateEntryWarning)
+        return dict(table.add_entry(entry.fn, entry.config, entry.comment, fabrikant, skip_duplicates=True))
 
 
 def _add_experiment(
