@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
+import threading
 from collections.abc import Iterator
 
 __all__ = ["reuse_freed_memory"]
@@ -28,7 +29,8 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
 _KEEP_TRIM_THRESHOLD = 2**31 - 1  # an int: mallopt takes an int
 
-_depth = 0
+_depth = 0  # active uses (trainers may run in several threads of one process)
+_lock = threading.Lock()
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -66,15 +68,17 @@ def reuse_freed_memory(enabled: bool = True) -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    if _depth == 0:
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM_THRESHOLD)
-    _depth += 1
+    with _lock:
+        if _depth == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_TRIM_THRESHOLD)
+        _depth += 1
     try:
         yield True
     finally:
-        _depth -= 1
-        if _depth == 0:
-            libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-            libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-            libc.malloc_trim(0)  # give the retained memory back
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)  # give the retained memory back
