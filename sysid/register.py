@@ -53,6 +53,7 @@ __all__ = [
     "Plan",
     "RegistrationError",
     "expand_grid",
+    "limit_problems",
     "load_file",
     "parse_plan",
     "register_plan",
@@ -389,7 +390,7 @@ def validate_plan(
         RegistrationError: listing every invalid entry.
     """
     validator = validator or _default_validator
-    problems = []
+    problems = limit_problems(plan)
     for entry in plan.all_entries():
         try:
             validator(entry.fn, entry.config, entry.section)
@@ -398,6 +399,57 @@ def validate_plan(
             problems.append(f"{entry.label}: {type(err).__name__}: {err}")
     if problems:
         raise RegistrationError(problems, source)
+
+
+def _config_tables() -> dict[str, Any]:
+    """The table class of each section (imported on demand: the MEI tables import torch)."""
+    from schemas import configs
+
+    tables = {"dataset": configs.Dataset, "model": configs.Model, "trainer": configs.Trainer}
+    return tables
+
+
+def limit_problems(plan: Plan) -> list[str]:
+    """Every value of ``plan`` that its database column cannot hold, read from the table definitions.
+
+    Checks function paths and comments of every entry, seeds, MEI seeds, the experiment's name and
+    comment and the fabrikant's name, e-mail and affiliation (lengths, integer ranges, NUL
+    characters; see :mod:`schemas.limits`). Needs no database connection.
+    """
+    from schemas import configs
+    from schemas.limits import row_problems
+
+    tables = _config_tables()
+    needs_mei = bool(plan.entries.get(MEI_SECTION) or plan.mei_seeds)
+    if needs_mei:
+        from schemas import mei_tables
+
+        tables[MEI_SECTION] = mei_tables.MEIMethod
+    problems: list[str] = []
+    for entry in plan.all_entries():
+        table = tables[entry.section]
+        role = table._role
+        row = {f"{role}_fn": entry.fn, f"{role}_comment": entry.comment}
+        problems += row_problems(table, row, entry.label)
+    for seed in plan.seeds:
+        problems += row_problems(configs.Seed, {"seed": seed}, "seeds")
+    if needs_mei:
+        for seed in plan.mei_seeds:
+            problems += row_problems(mei_tables.MEISeed, {"mei_seed": seed}, MEI_SEEDS)
+    if plan.experiment is not None:
+        row = {
+            "experiment_name": plan.experiment["name"],
+            "experiment_comment": plan.experiment.get("comment"),
+        }
+        problems += row_problems(configs.Experiments, row, "experiment")
+    if plan.fabrikant is not None:
+        row = {
+            "fabrikant_name": plan.fabrikant["name"],
+            "email": plan.fabrikant.get("email"),
+            "affiliation": plan.fabrikant.get("affiliation"),
+        }
+        problems += row_problems(configs.Fabrikant, row, "fabrikant")
+    return problems
 
 
 def _fabrikant_name(schemas: Any, fabrikant: dict[str, str] | None) -> str | None:
@@ -420,31 +472,56 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
         plan: from :func:`parse_plan`, already checked by :func:`validate_plan`.
         schemas: the activated ``schemas`` package.
 
+    Everything is inserted in one transaction: when any row fails, nothing of the file stays.
+
     Returns:
         ``{"dataset": [key, ...], "model": [...], "trainer": [...], "seed": [{"seed": s}, ...],
         "mei_method": [...], "mei_seed": [{"mei_seed": s}, ...]}``, keys in the order of ``plan``
         (existing rows are reused, not duplicated).
+
+    Raises:
+        RegistrationError: the database refused a row (the message names the entry); nothing was written.
     """
+    from schemas.configs import atomic
+
+    step = ["the fabrikant"]
+    try:
+        with atomic(schemas.Dataset.connection):
+            return _insert_plan(plan, schemas, step)
+    except RegistrationError:
+        raise
+    except (ValueError, TypeError) as err:  # our own checks (add_entry validates again)
+        raise RegistrationError([f"{step[0]}: {err}; nothing was written"]) from err
+    except Exception as err:  # driver errors (pymysql, psycopg2, datajoint) have no common base
+        raise RegistrationError(
+            [f"{step[0]}: the database refused it ({type(err).__name__}: {err}); nothing was written"]
+        ) from err
+
+
+def _insert_plan(plan: Plan, schemas: Any, step: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The inserts of :func:`register_plan`; ``step[0]`` names what is being inserted (for messages)."""
     fabrikant = _fabrikant_name(schemas, plan.fabrikant)
     tables = {"dataset": schemas.Dataset, "model": schemas.Model, "trainer": schemas.Trainer}
     keys: dict[str, list[dict[str, Any]]] = {}
-    for section in SECTIONS:
+    tables[MEI_SECTION] = schemas.MEIMethod
+    for section in (*SECTIONS, MEI_SECTION):
         table = tables[section]()
-        keys[section] = [
-            dict(table.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
-            for e in plan.entries[section]
-        ]
+        keys[section] = []
+        for e in plan.entries.get(section, []):
+            step[0] = e.label
+            keys[section].append(
+                dict(table.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
+            )
+    step[0] = "seeds"
     if plan.seeds:
         schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
     keys["seed"] = [{"seed": s} for s in plan.seeds]
-    keys[MEI_SECTION] = [
-        dict(schemas.MEIMethod.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
-        for e in plan.entries.get(MEI_SECTION, [])
-    ]
+    step[0] = MEI_SEEDS
     if plan.mei_seeds:
         schemas.MEISeed().insert([{"mei_seed": s} for s in plan.mei_seeds], skip_duplicates=True)
     keys["mei_seed"] = [{"mei_seed": s} for s in plan.mei_seeds]
     if plan.experiment is not None:
+        step[0] = "experiment"
         _add_experiment(schemas, plan.experiment, fabrikant, keys)
     return keys
 

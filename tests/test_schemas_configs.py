@@ -32,7 +32,7 @@ def test_types_are_kept_in_the_hash(empty_db):
     ("fn", "config", "message"),
     [
         ("tests.toy_fns.not_there", {}, "no function"),
-        ("nowhere.toy_trainer", {}, "cannot import"),
+        ("tests.nowhere.toy_trainer", {}, "cannot import"),
         ("tests.toy_fns.toy_trainer", {"epochz": 3}, "does not accept"),
         ("tests.toy_fns.toy_trainer", {"epochs": {3}}, "set"),
     ],

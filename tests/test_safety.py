@@ -1,0 +1,244 @@
+"""Safety of registration and workers: allowed functions, safe result filters, atomic and typed registration."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipeline import builder
+from sysid.register import RegistrationError, parse_plan, validate_plan
+
+# ------------------------------------------------------------------------- allowed function prefixes
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["os.system", "subprocess.run", "builtins.eval", "pipeline.builder.Callable", "sensorium.models.Mapping"],
+)
+def test_functions_outside_the_allowed_prefixes_do_not_resolve(path):
+    with pytest.raises(builder.FunctionNotAllowed, match="not allowed"):
+        builder.resolve_fn(path)
+
+
+def test_the_lab_setting_adds_prefixes_and_pipeline_always_resolves(monkeypatch):
+    from tests import toy_fns
+
+    monkeypatch.delenv("SYSID_ALLOWED_FN_PREFIXES")
+    with pytest.raises(builder.FunctionNotAllowed, match="SYSID_ALLOWED_FN_PREFIXES"):
+        builder.resolve_fn("tests.toy_fns.toy_model")
+    # a prefix allows its modules, not a module whose name merely starts with the same letters
+    monkeypatch.setenv("SYSID_ALLOWED_FN_PREFIXES", "test, mylab.models")
+    with pytest.raises(builder.FunctionNotAllowed):
+        builder.resolve_fn("tests.toy_fns.toy_model")
+    monkeypatch.setenv("SYSID_ALLOWED_FN_PREFIXES", "mylab.models,tests.")
+    assert builder.resolve_fn("tests.toy_fns.toy_model") is toy_fns.toy_model
+    from pipeline.models.builders import stacked_core_full_gauss_readout
+
+    monkeypatch.delenv("SYSID_ALLOWED_FN_PREFIXES")
+    assert (
+        builder.resolve_fn("pipeline.models.stacked_core_full_gauss_readout")
+        is stacked_core_full_gauss_readout
+    )
+    assert (
+        builder.resolve_fn("sensorium.models.stacked_core_full_gauss_readout")
+        is stacked_core_full_gauss_readout
+    )
+    # an explicit list (what the schemas side passes) overrides the environment
+    with pytest.raises(builder.FunctionNotAllowed):
+        builder.resolve_fn("pipeline.models.stacked_core_full_gauss_readout", allowed_prefixes=["tests"])
+
+
+def test_a_malformed_prefix_setting_is_a_clear_error(monkeypatch):
+    from schemas.settings import SettingsError, current_settings
+
+    monkeypatch.setenv("SYSID_ALLOWED_FN_PREFIXES", "mylab.*")
+    with pytest.raises(SettingsError, match="SYSID_ALLOWED_FN_PREFIXES.*mylab"):
+        current_settings()
+    monkeypatch.setenv("SYSID_ALLOWED_FN_PREFIXES", "mylab")
+    assert current_settings().allowed_fn_prefixes == ("pipeline", "mylab")
+
+
+def _plan(**sections):
+    doc = {
+        "seeds": [1],
+        "dataset": {"fn": "tests.toy_fns.toy_dataset", "config": {}},
+        "model": {"fn": "tests.toy_fns.toy_model", "config": {}},
+        "trainer": {"fn": "tests.toy_fns.toy_trainer", "config": {"epochs": 1}},
+    }
+    doc.update(sections)
+    return parse_plan(doc)
+
+
+def test_dry_run_refuses_os_system(tmp_path):
+    plan = _plan(dataset={"fn": "os.system", "config": {"command": f"touch {tmp_path}/pwned.txt"}})
+    with pytest.raises(RegistrationError, match="dataset.*os.system.*not allowed"):
+        validate_plan(plan)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_register_and_worker_refuse_functions_outside_the_prefixes(empty_db, tmp_path):
+    import schemas
+
+    target = tmp_path / "pwned.txt"
+    with pytest.raises(ValueError, match="not allowed"):
+        schemas.Dataset.add_entry("os.system", {"command": f"touch {target}"})
+    assert len(schemas.Dataset()) == 0
+    # a row written past add_entry (anyone with write access to the table): the worker refuses it
+    schemas.Fabrikant.ensure()
+    key = {"dataset_fn": "os.system", "dataset_hash": "0" * 32}
+    schemas.Dataset().insert1(
+        {
+            **key,
+            "dataset_config": {"command": f"touch {target}"},
+            "dataset_fabrikant": schemas.Fabrikant().to_dicts()[0]["fabrikant_name"],
+        }
+    )
+    schemas.DataInfo.populate(reserve_jobs=True, suppress_errors=True)
+    assert not target.exists()
+    messages = " ".join(schemas.errors("DataInfo")["error_message"].astype(str))
+    assert "not allowed" in messages and len(schemas.DataInfo()) == 0
+
+
+# ------------------------------------------------------------------------- results filter
+
+
+@pytest.fixture
+def table():
+    return pd.DataFrame(
+        {
+            "score": [0.2, float("nan"), 0.4, 0.6],
+            "seed": [1, 2, 1, 3],
+            "model.layers": [2, 3, 3, None],
+            "model_fn": ["pipeline.a", "pipeline.a", "pipeline.b", "pipeline.b"],
+            "degenerate": [False, False, True, False],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("expr", "rows"),
+    [
+        ("score > 0.3", [2, 3]),
+        ("score > 0.3 and seed == 1", [2]),
+        ("seed == 2 or not score < 0.5", [1, 3]),
+        ("`model.layers` == 3", [1, 2]),
+        ("model.layers >= 3", [1, 2]),
+        ("seed in [1, 3] and model_fn != 'pipeline.a'", [2, 3]),
+        ("seed not in (1,)", [1, 3]),
+        ("0.1 < score <= 0.4", [0, 2]),
+        ("(score > 0.5) | (seed == 2)", [1, 3]),
+        ("`model.layers` == None", [3]),
+        ("degenerate", [2]),
+        ("not degenerate and seed > -1", [0, 1, 3]),
+    ],
+)
+def test_filters_select_the_rows_pandas_query_selects(table, expr, rows):
+    from sysid.safe_filter import filter_rows
+
+    assert list(filter_rows(table, expr).index) == rows
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("@pd.io.common.os.system('touch pwned.txt') == 0", "'@'"),
+        ("__import__('os').system('touch pwned.txt') == 0", "calls are not allowed"),
+        ("score.__class__ == 1", "attribute access"),
+        ("nope > 1", "unknown column 'nope'"),
+        ("score + 1 > 2", "not allowed"),
+        ("score[0] > 1", "not allowed"),
+        ("seed in seed", "literal list"),
+        ("1 < 2", "two literals"),
+        ("score", "not a true/false column"),
+        ("score >", "not a valid expression"),
+        ("model_fn < 3", "cannot evaluate"),
+        ("[x for x in ()] == 1", "not allowed"),
+    ],
+)
+def test_filters_outside_the_grammar_are_refused(table, tmp_path, monkeypatch, expr, message):
+    from sysid.results import select_rows
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        select_rows(table, filter_expr=expr)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+# ------------------------------------------------------------------------- column limits, atomic register
+
+
+def test_dry_run_names_every_value_its_column_cannot_hold():
+    plan = _plan(
+        seeds=[1, 2**40],
+        experiment={"name": "x" * 65, "comment": "c" * 513},
+        fabrikant={"name": "f" * 33, "email": "e" * 129, "affiliation": "ok"},
+        model={"fn": "tests.toy_fns.toy_model", "config": {}, "comment": "m" * 257},
+        trainer={"fn": "tests.toy_fns.toy_trainer", "config": {"epochs": 1}, "comment": "nul\x00"},
+    )
+    with pytest.raises(RegistrationError) as info:
+        validate_plan(plan)
+    problems = info.value.problems
+    expected = [
+        ("seeds: seed 1099511627776 is outside the range of Seed.seed (int32)", "seed"),
+        ("experiment: experiment_name", "Experiments.experiment_name (varchar(64)) holds at most 64"),
+        ("experiment: experiment_comment", "holds at most 512"),
+        ("fabrikant: fabrikant_name", "Fabrikant.fabrikant_name (varchar(32)) holds at most 32"),
+        ("fabrikant: email", "holds at most 128"),
+        ("model[0]: model_comment", "holds at most 256"),
+        ("trainer[0]: trainer_comment", "NUL character"),
+    ]
+    for start, detail in expected:
+        assert any(p.startswith(start) and detail in p for p in problems), (start, problems)
+    assert len(problems) == len(expected)
+
+
+def test_limits_are_read_from_the_table_definitions():
+    from schemas.configs import Experiments, Fabrikant, Model, Seed
+    from schemas.limits import column_limits
+
+    assert column_limits(Fabrikant)["email"].max_length == 128
+    assert column_limits(Model)["model_fn"].max_length == 128
+    assert column_limits(Model)["model_comment"].max_length == 256
+    assert column_limits(Experiments)["experiment_name"].max_length == 64
+    assert (column_limits(Seed)["seed"].low, column_limits(Seed)["seed"].high) == (-(2**31), 2**31 - 1)
+
+
+def _count_rows(schemas) -> dict[str, int]:
+    tables = ("Fabrikant", "Dataset", "Model", "Trainer", "Seed", "Experiments")
+    return {name: len(getattr(schemas, name)()) for name in tables}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"seeds": [1, 2**40]},  # refused by the database itself (int32)
+        {"experiment": {"name": "x" * 65}},  # refused by Experiments.add_entry, after the configs
+    ],
+)
+def test_a_failing_register_leaves_no_rows(empty_db, overrides):
+    import schemas
+    from sysid.register import register_plan
+
+    plan = _plan(fabrikant={"name": "carol", "email": "c@lab"}, **overrides)
+    # register_plan without validate_plan: what reaches the database when validation misses something
+    with pytest.raises(RegistrationError, match="nothing was written") as info:
+        register_plan(plan, schemas)
+    assert "seeds" in str(info.value) or "experiment" in str(info.value)
+    assert _count_rows(schemas) == dict.fromkeys(_count_rows(schemas), 0)
+    # the same file without the bad value registers
+    plan = _plan(fabrikant={"name": "carol", "email": "c@lab"}, experiment={"name": "fine"})
+    keys = register_plan(plan, schemas)
+    assert len(keys["dataset"]) == 1
+    assert _count_rows(schemas) == {
+        "Fabrikant": 1, "Dataset": 1, "Model": 1, "Trainer": 1, "Seed": 1, "Experiments": 1
+    }  # fmt: skip
+
+
+def test_add_entry_names_the_column_a_value_does_not_fit(empty_db):
+    import schemas
+
+    with pytest.raises(ValueError, match="model_comment .* holds at most 256"):
+        schemas.Model.add_entry("tests.toy_fns.toy_model", {}, comment="m" * 257)
+    with pytest.raises(ValueError, match="seed 4294967296 is outside the range"):
+        schemas.Experiments.add_entry("e", [], [], [], [2**32])
+    assert _count_rows(schemas) == dict.fromkeys(_count_rows(schemas), 0)
