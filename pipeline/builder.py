@@ -280,7 +280,9 @@ def validate_config(
 
     Every config key must be a parameter of ``fn`` (or ``fn`` takes ``**kwargs``), every required
     parameter must be in the config (except those the framework supplies for ``role``: see
-    :data:`FRAMEWORK_ARGUMENTS`), and the config must not set framework-supplied arguments.
+    :data:`FRAMEWORK_ARGUMENTS`), the config must not set framework-supplied arguments, and every
+    value must match its parameter's annotation and bounds (:func:`pipeline.config_types.type_problems`:
+    ``{"layers": "4"}`` and ``{"hidden_channels": -1}`` are refused).
 
     Args:
         fn: a dotted function path or a callable.
@@ -292,7 +294,8 @@ def validate_config(
         The resolved function.
 
     Raises:
-        ValueError: unknown role/function, unexpected or missing keys (the message names them).
+        ValueError: unknown role/function, unexpected or missing keys, values of the wrong type or
+            out of bounds (the message names the key, the value and the expected type).
         TypeError: the config is not JSON-representable.
     """
     if role not in FRAMEWORK_ARGUMENTS:
@@ -331,6 +334,11 @@ def validate_config(
     )
     if missing:
         raise ValueError(f"{role} config for {name} lacks required argument(s) {missing}")
+    from pipeline.config_types import type_problems  # imports pydantic: only when validating
+
+    problems = type_problems(function, config)
+    if problems:
+        raise ValueError(f"{role} config for {name}: " + "; ".join(problems))
     return function
 
 

@@ -242,3 +242,84 @@ def test_add_entry_names_the_column_a_value_does_not_fit(empty_db):
     with pytest.raises(ValueError, match="seed 4294967296 is outside the range"):
         schemas.Experiments.add_entry("e", [], [], [], [2**32])
     assert _count_rows(schemas) == dict.fromkeys(_count_rows(schemas), 0)
+
+
+# ------------------------------------------------------------------------- typed validation
+
+
+GAUSS = "pipeline.models.stacked_core_full_gauss_readout"
+TRAINER = "pipeline.training.standard_trainer"
+LOADERS = "pipeline.data.static_loaders"
+
+
+@pytest.mark.parametrize(
+    ("fn", "config", "role", "message"),
+    [
+        (
+            GAUSS,
+            {"layers": "4"},
+            "model",
+            r"layers = '4' \(str\): Input should be a valid integer \(expected int >= 1\)",
+        ),
+        (
+            GAUSS,
+            {"hidden_channels": -1},
+            "model",
+            r"hidden_channels = -1 \(int\).*greater than or equal to 1",
+        ),
+        (GAUSS, {"input_kern": 0}, "model", "input_kern = 0"),
+        (GAUSS, {"gamma_readout": -0.1}, "model", "gamma_readout = -0.1"),
+        (
+            GAUSS,
+            {"depth_separable": 1},
+            "model",
+            r"depth_separable = 1 \(int\): Input should be a valid boolean",
+        ),
+        (GAUSS, {"stack": "last"}, "model", r"stack = 'last'.*expected int \| Sequence\[int\] \| None"),
+        (TRAINER, {"max_iter": 0}, "trainer", "max_iter = 0"),
+        (TRAINER, {"lr_init": 0}, "trainer", r"lr_init = 0 \(int\).*greater than 0"),
+        (TRAINER, {"lr_init": "1e-3"}, "trainer", r"lr_init = '1e-3' \(str\)"),  # YAML 1.1 reads 1e-3 as text
+        (LOADERS, {"paths": ["a"], "batch_size": 0}, "dataset", "batch_size = 0"),
+        (LOADERS, {"paths": ["a"], "batch_size": 8.0}, "dataset", r"batch_size = 8.0 \(float\)"),
+        ("tests.toy_fns.toy_dataset", {"n_trials": "8"}, "dataset", "n_trials = '8'"),
+    ],
+)
+def test_values_are_checked_against_the_builders_annotations(fn, config, role, message):
+    with pytest.raises(ValueError, match=message):
+        builder.validate_config(fn, config, role)
+
+
+@pytest.mark.parametrize(
+    ("fn", "config"),
+    [
+        (GAUSS, {"layers": 4, "hidden_channels": 8, "gamma_readout": 1, "stack": [-1], "shifter": None}),
+        (GAUSS, {"grid_mean_predictor": {"type": "cortex", "input_dimensions": 2}, "stack": -1}),
+        (TRAINER, {"max_iter": 3, "lr_init": 0.01, "device": "cpu", "lr_decay_factor": 0.3}),
+        (LOADERS, {"paths": "a", "batch_size": 8, "scale": 0.25, "areas": ["V1"], "exclude": "behavior"}),
+    ],
+    ids=["gauss", "predictor", "trainer", "loaders"],
+)
+def test_valid_configs_pass_the_typed_check(fn, config):
+    role = {GAUSS: "model", TRAINER: "trainer", LOADERS: "dataset"}[fn]
+    builder.validate_config(fn, config, role)
+
+
+def test_dry_run_uses_the_typed_check():
+    plan = _plan(
+        model={"fn": GAUSS, "config": {"grid": {"layers": [2, "4"]}}},
+        trainer={"fn": TRAINER, "config": {"max_iter": 0}},
+    )
+    with pytest.raises(RegistrationError) as info:
+        validate_plan(plan)
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("model[0] layers=4: ValueError") and "layers = '4' (str)" in problems[0]
+    assert problems[1].startswith("trainer[0]: ValueError") and "max_iter = 0" in problems[1]
+
+
+def test_add_entry_refuses_mistyped_values(empty_db):
+    import schemas
+
+    with pytest.raises(ValueError, match="layers = '4'"):
+        schemas.Model.add_entry(GAUSS, {"layers": "4"})
+    assert len(schemas.Model()) == 0
