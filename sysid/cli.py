@@ -547,7 +547,11 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
 @click.option("--sort", "sort_by", default=None, metavar="COL", help="Column to sort by (default: score).")
 @click.option("--ascending", is_flag=True, help="Sort ascending (default: descending, best first).")
 @click.option(
-    "--filter", "filter_expr", default=None, metavar="EXPR", help='pandas query, e.g. "score > 0.2".'
+    "--filter",
+    "filter_expr",
+    default=None,
+    metavar="EXPR",
+    help='Comparisons of columns with literals joined by and/or/not, e.g. "score > 0.2 and seed in [1, 2]" (never run as Python).',
 )
 @click.option(
     "--csv",
@@ -581,6 +585,10 @@ def results(
       sysid results --sort seed --ascending
       sysid results --filter "score > 0.2 and seed == 1"
       sysid results --filter "`model.layers` == 2" --csv results.csv
+
+    
+    --filter accepts column names (dotted names in backticks), literals (numbers, 'text', True,
+    False, None), ==, !=, <, <=, >, >=, in [...], not in [...], and, or, not; nothing else.
     """
     from .results import results_table, select_rows
 
