@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.contracts import split_batch, train_loaders
 from pipeline.config_types import NonNegativeFloat, NonNegativeInt, PositiveInt
+from pipeline.contracts import split_batch, train_loaders
 from pipeline.models.cores import Stacked2dCore
 from pipeline.models.encoders import FiringRateEncoder
 from pipeline.models.readouts import MultipleFullFactorized2d, MultipleFullGaussian2d
