@@ -187,11 +187,23 @@ def resolve_fn(dotted_path: str | Callable, allowed_prefixes: Iterable[str] | No
 # canonical configs
 
 
-def _canonical_value(value: Any, where: str) -> Any:
+#: deepest nesting of dicts and lists in a config
+MAX_CONFIG_DEPTH = 64
+
+
+def _canonical_value(value: Any, where: str, depth: int = 0) -> Any:
     """Return ``value`` as plain JSON types, or raise naming the offending entry ``where``."""
     # bool before int: bool is an int subclass, and True must not hash like 1
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(
+                f"config entry {where or '<root>'} contains a NUL character (\\x00), which no database stores"
+            )
         return value
+    if value is None or isinstance(value, bool):
+        return value
+    if depth > MAX_CONFIG_DEPTH and isinstance(value, (Mapping, list, tuple)):
+        raise ValueError(f"config entry {where} nests deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -205,10 +217,11 @@ def _canonical_value(value: Any, where: str) -> Any:
                 raise TypeError(
                     f"config keys must be strings; {where} has key {key!r} ({type(key).__name__})"
                 )
-            out[key] = _canonical_value(item, f"{where}.{key}" if where else key)
+            _canonical_value(key, f"key {key!r} of {where or '<root>'}")
+            out[key] = _canonical_value(item, f"{where}.{key}" if where else key, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [_canonical_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_canonical_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, (set, frozenset)):
         raise TypeError(f"config entry {where} is a set, which has no stable order: use a sorted list")
     numpy = _numpy_or_none()

@@ -158,6 +158,69 @@ def _short(value: Any, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+#: largest registration file read (a grid of thousands of entries is a few hundred kB)
+MAX_FILE_BYTES = 4 * 2**20
+#: most values a parsed file may hold, counting every alias (``*name``) as a copy of what it names
+MAX_NODES = 200_000
+#: deepest nesting of mappings and lists in a file
+MAX_DEPTH = 64
+
+
+def _safe_yaml_loader():
+    """A ``yaml.SafeLoader`` that refuses alias bombs and deep nesting while it composes the document."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self._depth = 0
+            self._sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                return super().compose_node(parent, index)  # the anchored node, already sized
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            self._sizes[id(node)] = self._size(node)
+            if self._sizes[id(node)] > MAX_NODES:
+                raise yaml.YAMLError(
+                    f"the document expands to more than {MAX_NODES} values (aliases counted as copies)"
+                )
+            return node
+
+        def _size(self, node) -> int:
+            if isinstance(node, yaml.MappingNode):
+                children = [item for pair in node.value for item in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                return 1
+            return 1 + sum(self._sizes.get(id(child), 1) for child in children)
+
+    return BoundedLoader
+
+
+def _json_shape_problem(doc: Any) -> str | None:
+    """Why a parsed JSON document is too deep or too large, or None (iterative: no recursion limit)."""
+    stack, count = [(doc, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            return f"the document holds more than {MAX_NODES} values"
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                return f"nesting deeper than {MAX_DEPTH} levels"
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a registration file.
 
@@ -170,18 +233,37 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        RegistrationError: the file cannot be parsed or is not a mapping at the top level.
+        RegistrationError: the file cannot be parsed, is larger than :data:`MAX_FILE_BYTES`, nests
+            deeper than :data:`MAX_DEPTH`, expands (aliases counted as copies) to more than
+            :data:`MAX_NODES` values, or is not a mapping at the top level.
     """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"registration file not found: {path}")
-    text = path.read_text()
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise RegistrationError(
+            [f"the file is {size} bytes; a registration file may hold at most {MAX_FILE_BYTES}"],
+            source=str(path),
+        )
     try:
-        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RegistrationError([f"cannot parse: {err}"], source=str(path)) from err
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RegistrationError([f"not UTF-8 text: {err}"], source=str(path)) from err
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(text)
+            problem = _json_shape_problem(doc)
+            if problem:
+                raise RegistrationError([f"cannot register: {problem}"], source=str(path))
+        else:
+            doc = yaml.load(text, Loader=_safe_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
+        if isinstance(err, RecursionError):
+            err = f"nesting deeper than {MAX_DEPTH} levels"
+        raise RegistrationError([f"cannot parse: {err}"], source=str(path)) from None
     if not isinstance(doc, dict):
         raise RegistrationError(
             [

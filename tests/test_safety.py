@@ -323,3 +323,79 @@ def test_add_entry_refuses_mistyped_values(empty_db):
     with pytest.raises(ValueError, match="layers = '4'"):
         schemas.Model.add_entry(GAUSS, {"layers": "4"})
     assert len(schemas.Model()) == 0
+
+
+# ------------------------------------------------------------------------- hostile files and values
+
+
+def _alias_bomb(levels: int = 8) -> str:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return (
+        "\n".join(lines)
+        + f"\nseeds: [1]\ndataset: {{fn: pipeline.data.static_loaders, config: {{paths: *a{levels}}}}}\n"
+    )
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    from sysid.register import load_file
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())  # ~10^9 values once the aliases are expanded, under 1 kB of text
+    assert path.stat().st_size < 1000
+    started = time.perf_counter()
+    with pytest.raises(RegistrationError, match="expands to more than 200000 values"):
+        load_file(path)
+    assert time.perf_counter() - started < 5
+    # aliases in moderation still work
+    path.write_text("base: &b {batch_size: 8}\nseeds: [1]\ndataset: {fn: x.y, config: *b}\n")
+    assert load_file(path)["dataset"]["config"] == {"batch_size": 8}
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_deep_nesting_in_a_file_is_a_clear_error(tmp_path, suffix):
+    from sysid.register import load_file
+
+    path = tmp_path / f"deep{suffix}"
+    path.write_text('{"seeds": [1], "model": {"fn": "a.b", "config": {"x": ' + "[" * 500 + "]" * 500 + "}}}")
+    with pytest.raises(RegistrationError, match="nesting deeper than 64 levels"):
+        load_file(path)
+
+
+def test_oversized_files_are_refused(tmp_path):
+    from sysid.register import MAX_FILE_BYTES, load_file
+
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * MAX_FILE_BYTES + "\nseeds: [1]\n")
+    with pytest.raises(RegistrationError, match="at most"):
+        load_file(path)
+
+
+def test_deep_configs_and_nul_characters_are_clear_errors():
+    deep: dict = {}
+    node = deep
+    for _ in range(500):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ValueError, match="nests deeper than 64 levels"):
+        builder.canonical_config(deep)
+    with pytest.raises(ValueError, match=r"config entry paths\[0\] contains a NUL character"):
+        builder.canonical_config({"paths": ["a\x00b"]})
+    with pytest.raises(ValueError, match="NUL character"):
+        builder.canonical_config({"a\x00": 1})
+    plan = _plan(dataset={"fn": "tests.toy_fns.toy_labelled_dataset", "config": {"label": "x\x00"}})
+    with pytest.raises(RegistrationError, match=r"dataset\[0\].*label contains a NUL character"):
+        validate_plan(plan)
+
+
+def test_nul_characters_never_reach_the_database(empty_db):
+    import schemas
+
+    with pytest.raises(ValueError, match="NUL character"):
+        schemas.Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {"label": "x\x00"})
+    with pytest.raises(ValueError, match="NUL character"):
+        schemas.Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {}, comment="x\x00")
+    assert len(schemas.Dataset()) == 0
