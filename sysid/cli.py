@@ -522,8 +522,11 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
     failed = schemas.errors(table)
     console = _console()
     shown = compact_keys(failed)
+    # key columns no failed job has (model, trainer, seed when only DataInfo failed) are left out
     columns = [
-        c for c in shown.columns if c in _ERROR_COLUMNS or c in ("dataset", "model", "trainer", "seed")
+        c
+        for c in shown.columns
+        if c in _ERROR_COLUMNS or (c in ("dataset", "model", "trainer", "seed") and shown[c].notna().any())
     ]
     console.print(
         dataframe_table(

@@ -18,7 +18,7 @@ def compact_keys(df: pd.DataFrame, digits: int = 8) -> pd.DataFrame:
 
     ``pipeline.models.stacked_core_full_gauss_readout`` + ``3f9a…`` becomes
     ``stacked_core_full_gauss_readout:3f9a2c1b`` (the function name and the first ``digits`` hex
-    digits of the hash), so key columns fit a terminal.
+    digits of the hash), so key columns fit a terminal. Rows that lack the key (NaN or None) get None.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -29,12 +29,19 @@ def compact_keys(df: pd.DataFrame, digits: int = 8) -> pd.DataFrame:
         fn, digest = f"{role}_fn", f"{role}_hash"
         if fn in out.columns and digest in out.columns:
             position = list(out.columns).index(fn)
+            # a row without this key (a DataInfo error among TrainedModel errors) gets an empty cell
             combined = [
-                f"{str(f).rsplit('.', 1)[-1]}:{str(h)[:digits]}" for f, h in zip(out[fn], out[digest])
+                f"{str(f).rsplit('.', 1)[-1]}:{str(h)[:digits]}" if _present(f) and _present(h) else None
+                for f, h in zip(out[fn], out[digest])
             ]
             out = out.drop(columns=[fn, digest])
             out.insert(min(position, len(out.columns)), role, combined)
     return out
+
+
+def _present(value: Any) -> bool:
+    """False for None and NaN (a key column a row does not have)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def format_value(value: Any, digits: int = 4, max_chars: int = 60) -> str:

@@ -399,3 +399,23 @@ def test_nul_characters_never_reach_the_database(empty_db):
     with pytest.raises(ValueError, match="NUL character"):
         schemas.Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {}, comment="x\x00")
     assert len(schemas.Dataset()) == 0
+
+
+def test_errors_of_tables_without_model_keys_show_empty_cells_not_nan():
+    from sysid.render import compact_keys, format_value
+
+    failed = pd.DataFrame(
+        {
+            "table": ["DataInfo", "TrainedModel"],
+            "dataset_fn": ["pipeline.data.static_loaders"] * 2,
+            "dataset_hash": ["a" * 32, "b" * 32],
+            "model_fn": [float("nan"), "pipeline.models.stacked_core_full_gauss_readout"],
+            "model_hash": [float("nan"), "c" * 32],
+            "error_message": ["boom", "bang"],
+        }
+    )
+    shown = compact_keys(failed)
+    assert list(shown["dataset"]) == ["static_loaders:aaaaaaaa", "static_loaders:bbbbbbbb"]
+    assert pd.isna(shown["model"][0]) and format_value(shown["model"][0]) == ""
+    assert shown["model"][1] == "stacked_core_full_gauss_readout:cccccccc"
+    assert "nan" not in " ".join(format_value(v) for v in shown.iloc[0])
