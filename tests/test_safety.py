@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -419,3 +421,31 @@ def test_errors_of_tables_without_model_keys_show_empty_cells_not_nan():
     assert pd.isna(shown["model"][0]) and format_value(shown["model"][0]) == ""
     assert shown["model"][1] == "stacked_core_full_gauss_readout:cccccccc"
     assert "nan" not in " ".join(format_value(v) for v in shown.iloc[0])
+
+
+# ------------------------------------------------------------------------- dataset cache key
+
+
+@pytest.mark.parametrize("edit", ["data/responses/0.npy", "data/images/5.npy", "meta/neurons/unit_ids.npy"])
+def test_the_dataset_cache_sees_same_size_edits_with_restored_mtimes(tmp_path, edit):
+    import numpy as np
+
+    from pipeline.data.datasets import StaticDataset
+    from pipeline.data.synthetic import make_synthetic_dataset
+
+    path = make_synthetic_dataset(
+        tmp_path / "static90009-1-1-synthetic", n_neurons=5, n_train=8, n_validation=4, n_test_images=2,
+        n_repeats=2, image_shape=(12, 16), filter_size=5,
+    )  # fmt: skip
+    cache_dir = tmp_path / "cache"
+    first = StaticDataset(path, cache_dir=cache_dir)
+    assert StaticDataset(path, cache_dir=cache_dir).from_cache
+    target = path / edit
+    stat = target.stat()
+    values = np.load(target)
+    values.reshape(-1)[0] = values.reshape(-1)[0] + 7
+    np.save(target, values)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and time stamp as before
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    edited = StaticDataset(path, cache_dir=cache_dir)
+    assert not edited.from_cache and edited.fingerprint != first.fingerprint
