@@ -27,6 +27,7 @@ __all__ = [
     "NonNegativeInt",
     "PositiveFloat",
     "PositiveInt",
+    "LearningRate",
     "UnitInterval",
     "type_problems",
 ]
@@ -41,6 +42,8 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 #: a float in the open interval (0, 1) (decay factors)
 UnitInterval = Annotated[float, Field(gt=0, lt=1)]
+#: a learning rate: > 0 and representable in float32, the parameters' precision (1e300 overflows there)
+LearningRate = Annotated[float, Field(gt=0, lt=3.4028234663852886e38)]
 
 
 def _annotations(function: Callable) -> dict[str, Any]:

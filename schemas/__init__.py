@@ -60,6 +60,7 @@ _EXPORTS = {
     "NEURON_VIEW": "views",
     "Settings": "settings",
     "current_settings": "settings",
+    "degenerate_models": "model_health",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -74,6 +75,7 @@ _SUBMODULES = {
     "job_events",
     "jobs",
     "mei_tables",
+    "model_health",
     "model_loading",
     "model_neurons",
     "neuron_scores",

@@ -477,6 +477,7 @@ def status(watch: float | None) -> None:
             schemas.job_status(),
             schemas.running_jobs(),
             title=f"pipeline status  {time.strftime('%H:%M:%S')}",
+            degenerate=schemas.degenerate_models(),
         )
 
     console = _console()
@@ -508,6 +509,10 @@ _ERROR_COLUMNS = ("table", "error_message", "host", "pid", "completed_time")
 def errors(retry: bool, ignore: bool, table: str | None) -> None:
     """List failed jobs with their error messages; optionally retry or ignore them.
 
+    Trained models flagged degenerate (constant predictions on the validation tier, e.g. from a
+    far too large lr_init) are listed below the failed jobs; --retry/--ignore do not touch them
+    (delete them from the table to train them again).
+
     \b
     Examples:
       sysid errors
@@ -533,6 +538,16 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
             shown, title="failed jobs", empty="(no errors)", columns=columns, max_chars=400, wrap=True
         )
     )
+    degenerate = schemas.degenerate_models()
+    if not degenerate.empty and table in (None, *degenerate["table"]):
+        console.print(
+            dataframe_table(
+                compact_keys(degenerate),
+                title="trained but degenerate (constant predictions on the validation tier)",
+                max_chars=400,
+                wrap=True,
+            )
+        )
     if failed.empty:
         return
     if retry:

@@ -151,13 +151,20 @@ def plan_table(entries: Iterable[Any], title: str, keys: Iterable[Mapping[str, A
     return table
 
 
-def status_group(job_status: pd.DataFrame, running: pd.DataFrame, title: str = "pipeline status"):
+def status_group(
+    job_status: pd.DataFrame,
+    running: pd.DataFrame,
+    title: str = "pipeline status",
+    degenerate: pd.DataFrame | None = None,
+):
     """The ``sysid status`` view: per-table job counts above the running jobs.
 
     Args:
         job_status: one row per computed table with done/pending/reserved/error counts.
         running: one row per running job (host, key, epoch, validation score ...).
         title: title of the counts table.
+        degenerate: trained models flagged degenerate (``schemas.degenerate_models()``): a warning
+            line when there are any.
     """
     from rich.console import Group
     from rich.text import Text
@@ -167,4 +174,13 @@ def status_group(job_status: pd.DataFrame, running: pd.DataFrame, title: str = "
     else:
         running = compact_keys(running).drop(columns=["connection_id"], errors="ignore")
         jobs = dataframe_table(running, title="running jobs")
-    return Group(dataframe_table(job_status, title=title), jobs)
+    parts = [dataframe_table(job_status, title=title), jobs]
+    if degenerate is not None and not degenerate.empty:
+        parts.append(
+            Text(
+                f"{len(degenerate)} trained model(s) degenerate (constant predictions, score ≈ 0): "
+                "`sysid errors` lists them",
+                style="yellow",
+            )
+        )
+    return Group(*parts)

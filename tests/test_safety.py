@@ -281,6 +281,7 @@ LOADERS = "pipeline.data.static_loaders"
         (TRAINER, {"max_iter": 0}, "trainer", "max_iter = 0"),
         (TRAINER, {"lr_init": 0}, "trainer", r"lr_init = 0 \(int\).*greater than 0"),
         (TRAINER, {"lr_init": "1e-3"}, "trainer", r"lr_init = '1e-3' \(str\)"),  # YAML 1.1 reads 1e-3 as text
+        (TRAINER, {"lr_init": 1e300}, "trainer", r"lr_init = 1e\+300 \(float\): Input should be less than"),
         (LOADERS, {"paths": ["a"], "batch_size": 0}, "dataset", "batch_size = 0"),
         (LOADERS, {"paths": ["a"], "batch_size": 8.0}, "dataset", r"batch_size = 8.0 \(float\)"),
         ("tests.toy_fns.toy_dataset", {"n_trials": "8"}, "dataset", "n_trials = '8'"),
@@ -449,3 +450,58 @@ def test_the_dataset_cache_sees_same_size_edits_with_restored_mtimes(tmp_path, e
     assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
     edited = StaticDataset(path, cache_dir=cache_dir)
     assert not edited.from_cache and edited.fingerprint != first.fingerprint
+
+
+# ------------------------------------------------------------------------- degenerate models
+
+
+def zeroing_trainer(model, dataloaders, seed, uid=None, cb=None, resume_state=None, zero: bool = True):
+    """A 'trainer' that sets every parameter to 0 (constant predictions, as lr_init: 1e6 leaves them), or none."""
+    import torch
+
+    if zero:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.zero_()
+    return 0.0, {}, model.state_dict()
+
+
+TINY_MODEL = {"hidden_channels": 4, "layers": 1, "input_kern": 5, "hidden_kern": 3}
+
+
+def test_constant_predictions_tells_degenerate_models(synthetic_loaders):
+    from pipeline.models import stacked_core_full_gauss_readout
+    from pipeline.scoring import constant_predictions
+
+    model = stacked_core_full_gauss_readout(synthetic_loaders, seed=0, **TINY_MODEL)
+    assert constant_predictions(model, synthetic_loaders) is False
+    zeroing_trainer(model, synthetic_loaders, 0)
+    assert constant_predictions(model, synthetic_loaders) is True
+    assert constant_predictions(model, {"train": synthetic_loaders["train"]}) is None  # no validation tier
+
+
+def test_workers_flag_degenerate_models_and_status_shows_them(empty_db, synthetic_dataset_path):
+    import schemas
+    from sysid.render import status_group
+
+    dataset = schemas.Dataset.add_entry(LOADERS, {"paths": [str(synthetic_dataset_path)], "batch_size": 64})
+    model = schemas.Model.add_entry(GAUSS, TINY_MODEL)
+    trainers = [schemas.Trainer.add_entry(f"{__name__}.zeroing_trainer", {"zero": z}) for z in (True, False)]
+    schemas.Seed.insert1({"seed": 1}, skip_duplicates=True)
+    schemas.TrainedModel.populate(reserve_jobs=True)
+    rows = {r["trainer_hash"]: r for r in schemas.TrainedModel().to_dicts()}
+    assert len(rows) == 2
+    degenerate, fine = rows[trainers[0]["trainer_hash"]], rows[trainers[1]["trainer_hash"]]
+    assert degenerate["comment"].startswith("degenerate: constant predictions") and fine["comment"] == ""
+    assert degenerate["output"]["degenerate"] is True
+    flagged = schemas.degenerate_models()
+    assert len(flagged) == 1 and flagged["trainer_hash"][0] == trainers[0]["trainer_hash"]
+    assert (
+        flagged["table"][0] == "TrainedModel"
+        and {**dataset, **model}.items() <= flagged.iloc[0].to_dict().items()
+    )
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(status_group(schemas.job_status(), schemas.running_jobs(), degenerate=flagged))
+    assert "1 trained model(s) degenerate" in console.export_text()

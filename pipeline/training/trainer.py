@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
+from pipeline.config_types import (
+    LearningRate,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+)
 from pipeline.contracts import is_tier_dict, resolve_device, tier_loaders
 from pipeline.measures import get_correlations, get_poisson_loss
 from pipeline.training.cyclers import LongCycler
@@ -104,7 +111,7 @@ def standard_trainer(
     interval: PositiveInt = 1,
     patience: NonNegativeInt = 5,
     epoch: NonNegativeInt = 0,
-    lr_init: PositiveFloat = 0.005,
+    lr_init: LearningRate = 0.005,
     max_iter: PositiveInt = 200,
     maximize: bool = True,
     tolerance: NonNegativeFloat = 1e-6,
