@@ -505,3 +505,21 @@ def test_workers_flag_degenerate_models_and_status_shows_them(empty_db, syntheti
     console = Console(width=200, record=True)
     console.print(status_group(schemas.job_status(), schemas.running_jobs(), degenerate=flagged))
     assert "1 trained model(s) degenerate" in console.export_text()
+
+
+# ------------------------------------------------------------------------- clearer messages
+
+
+def test_random_bytes_are_not_a_npy_file_and_no_pickle_is_suggested():
+    from pipeline.data.files import read_npy_bytes
+
+    with pytest.raises(ValueError, match=r"meta/trials/tiers.npy: it is not a .npy file") as info:
+        read_npy_bytes(os.urandom(200), "meta/trials/tiers.npy")
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_loaders_without_a_train_tier_say_so(synthetic_loaders):
+    from pipeline.contracts import train_loaders
+
+    with pytest.raises(ValueError, match="the dataset has no train trials .*test, validation"):
+        train_loaders({tier: synthetic_loaders[tier] for tier in ("validation", "test")})
