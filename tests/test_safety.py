@@ -523,3 +523,34 @@ def test_loaders_without_a_train_tier_say_so(synthetic_loaders):
 
     with pytest.raises(ValueError, match="the dataset has no train trials .*test, validation"):
         train_loaders({tier: synthetic_loaders[tier] for tier in ("validation", "test")})
+
+
+def test_cli_dry_run_lists_every_problem_and_runs_nothing(tmp_path, monkeypatch):
+    import yaml
+    from click.testing import CliRunner
+
+    from sysid.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "pwn.yaml"
+    doc = {
+        "seeds": [2**40],
+        "dataset": {"fn": "os.system", "config": {"command": "touch pwned.txt"}},
+        "model": {"fn": GAUSS, "config": {"layers": "4"}},
+        "trainer": {"fn": TRAINER, "config": {"max_iter": 0}},
+        "experiment": {"name": "x" * 65},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(cli, ["register", str(path), "--dry-run"])
+    assert result.exit_code != 0
+    for expected in (
+        "5 problem(s)",
+        "os.system",
+        "not allowed",
+        "layers = '4'",
+        "max_iter = 0",
+        "seed",
+        "experiment_name",
+    ):
+        assert expected in result.output, (expected, result.output)
+    assert not (tmp_path / "pwned.txt").exists()
