@@ -144,7 +144,7 @@ def throughput(schemas: Any, data: Path, epochs: int, jobs: int, workers: int) -
     try:
         doc = _grid(data, epochs, list(range(1, jobs + 1)))
         # the dataset's DataInfo first, so that every measured job is a model job
-        schemas.Dataset.add_entry(doc["dataset"]["fn"], doc["dataset"]["config"])
+        schemas.Dataset.add_entry(doc["dataset"]["fn"], doc["dataset"]["config"], skip_duplicates=True)
         schemas.DataInfo().populate(reserve_jobs=True)
         for log in logs:
             with log.open("w") as stream:

@@ -30,6 +30,7 @@ __all__ = [
     "FRAMEWORK_ARGUMENTS",
     "MODULE_ALIASES",
     "FunctionNotAllowed",
+    "accepts_argument",
     "allowed_fn_prefixes",
     "parse_fn_prefixes",
     "canonical_config",
@@ -388,7 +389,8 @@ def get_data(dataset_fn: str | Callable, dataset_config: Mapping[str, Any] | Non
     return function(**config)
 
 
-def _accepts(function: Callable, name: str) -> bool:
+def accepts_argument(function: Callable, name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name`` (a ``**kwargs`` takes any; an unreadable signature too)."""
     try:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):
@@ -442,7 +444,7 @@ def get_model(
     if dataloaders is None and data_info is None:
         raise ValueError("get_model needs dataloaders or data_info to know the sessions and shapes")
     if data_info is not None:
-        if not _accepts(function, "data_info"):
+        if not accepts_argument(function, "data_info"):
             raise ValueError(f"model function {model_fn!r} does not accept data_info; pass dataloaders")
         kwargs["data_info"] = data_info
     model = function(dataloaders, seed=_plain_seed(seed), **kwargs)
@@ -485,7 +487,7 @@ def get_all_parts(
         ``(dataloaders, model)`` or ``(dataloaders, model, trainer)`` when ``trainer_fn`` is given.
     """
     dataset_config = dict(dataset_config or {})
-    if seed is not None and "seed" not in dataset_config and _accepts(resolve_fn(dataset_fn), "seed"):
+    if seed is not None and "seed" not in dataset_config and accepts_argument(resolve_fn(dataset_fn), "seed"):
         dataset_config["seed"] = _plain_seed(seed)
     dataloaders = get_data(dataset_fn, dataset_config)
     model = get_model(

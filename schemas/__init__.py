@@ -28,6 +28,7 @@ _EXPORTS = {
     "Model": "configs",
     "Trainer": "configs",
     "Experiments": "configs",
+    "DuplicateEntryWarning": "configs",
     "TrainedModel": "trained_model",
     "TrainingProgress": "progress",
     "Checkpoint": "progress",

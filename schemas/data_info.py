@@ -8,8 +8,7 @@ the data (:func:`stored_data_info`), plus one row per session and per neuron wit
 from __future__ import annotations
 
 import hashlib
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import datajoint as dj
@@ -30,16 +29,6 @@ __all__ = ["DataInfo", "build_dataloaders", "neuron_units", "stored_data_info"]
 _COUNTED_TIERS = ("train", "validation", "test")
 
 
-def _accepts_keyword(function: Callable, name: str) -> bool:
-    # the rule of pipeline.builder.get_all_parts (which keeps it private): a signature that cannot
-    # be read is assumed to accept everything
-    try:
-        params = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 def build_dataloaders(dataset_fn: str, dataset_config: Mapping[str, Any], seed: int):
     """Call the dataset function with the seed (when it takes one and the config has none), as nnfabrik does.
 
@@ -48,7 +37,7 @@ def build_dataloaders(dataset_fn: str, dataset_config: Mapping[str, Any], seed: 
     """
     config = dict(dataset_config)
     function = builder.resolve_fn(dataset_fn)
-    if "seed" not in config and _accepts_keyword(function, "seed"):
+    if "seed" not in config and builder.accepts_argument(function, "seed"):
         config["seed"] = int(seed)
     return builder.get_data(function, config)
 

@@ -26,9 +26,11 @@ from ._schema import schema
 from .columns import DATASET_KEY
 from .configs import Dataset, Fabrikant  # noqa: F401  (in the definitions)
 from .data_info import DataInfo, build_dataloaders  # noqa: F401  (DataInfo: in the definitions)
+from .hybrid import hybridmethod
+from .model_loading import dataloader_flag
 from .neuron_scores import NEURON_SCORE_UNIT_DEFINITION, NeuronScoreTable, neuron_score_definition
 from .trained_model import TrainedModel
-from .training import hybridmethod, primary_key
+from .training import primary_key
 
 __all__ = ["MEMBER_KINDS", "Ensemble", "EnsembleScore", "ensemble_hash"]
 
@@ -150,23 +152,37 @@ class Ensemble(dj.Manual):
         return out
 
     @hybridmethod
-    def load_model(self, key=None, device: Any = "cpu", include_dataloaders: bool = False):
+    def load_model(
+        self,
+        key=None,
+        include_dataloader: bool = True,
+        *,
+        device: Any = "cpu",
+        include_dataloaders: bool | None = None,
+    ):
         """The ensemble as an :class:`~pipeline.models.EnsembleEncoder` of its members (eval mode).
+
+        Called like ``TrainedModel.load_model`` (nnfabrik's order and defaults), so the score and
+        MEI tables load either kind of model the same way.
 
         Args:
             key: restriction selecting exactly one ensemble (None: this restricted table).
-            device: where the parameters go.
-            include_dataloaders: also build and return the dataset's loaders (seeded with the first
+            include_dataloader: also build and return the dataset's loaders (seeded with the first
                 member's seed; only the train tier's shuffling depends on it).
+            device: where the parameters go.
+            include_dataloaders: deprecated alias of ``include_dataloader``.
 
         Returns:
-            ``model``, or ``(dataloaders, model)`` with ``include_dataloaders``.
+            ``(dataloaders, model)``, or ``model`` with ``include_dataloader=False``.
         """
+        include_dataloader = dataloader_flag(include_dataloader, include_dataloaders)
         key = self._one_key(key)
         members = self.members(key)
-        model = EnsembleEncoder([table.load_model(member, device=device) for table, member in members])
+        model = EnsembleEncoder(
+            [table.load_model(member, include_dataloader=False, device=device) for table, member in members]
+        )
         model = model.to(device).eval()
-        if not include_dataloaders:
+        if not include_dataloader:
             return model
         dataset_fn, dataset_config = Dataset.get_config(key)
         dataloaders = build_dataloaders(dataset_fn, dataset_config, seed=int(members[0][1].get("seed", 0)))

@@ -15,7 +15,7 @@ one table and one view serve models and ensembles.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import datajoint as dj
@@ -27,7 +27,7 @@ from pipeline.mei import data_reference, validate_method
 
 from . import job_events
 from ._schema import schema
-from .configs import ConfigTable, Fabrikant, config_definition  # noqa: F401  (Fabrikant: in the definitions)
+from .configs import ConfigTable, Fabrikant, config_definition, deprecated_alias  # noqa: F401  (Fabrikant: in the definitions)
 from .data_info import DataInfo  # noqa: F401  (in the definitions)
 from .ensembles import Ensemble
 from .run_info import device_used, host_name
@@ -45,6 +45,39 @@ class MEIMethod(ConfigTable, dj.Manual):
     definition = config_definition(
         "mei", "MEI methods: mei_fn(model, data_key, neurons, input_shape, config, seed=...) -> MEIResult"
     )
+
+    @classmethod
+    def add_entry(
+        cls,
+        mei_fn: str | Callable,
+        mei_config: Mapping[str, Any] | None,
+        mei_comment: str = "",
+        mei_fabrikant: str | None = None,
+        skip_duplicates: bool = False,
+        return_pk_only: bool = True,
+        *,
+        fabrikant: str | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        """Register an MEI method and its settings, like the other config tables' ``add_entry``.
+
+        Args:
+            mei_fn: dotted path of the method (``"pipeline.mei.optimize_meis"``) or the function.
+            mei_config: its settings (completed with the defaults before hashing).
+            mei_comment, mei_fabrikant, skip_duplicates, return_pk_only: see
+                :meth:`schemas.configs.ConfigTable.insert_config`. ``fabrikant``/``comment``: deprecated aliases.
+
+        Returns:
+            ``{"mei_fn", "mei_hash"}``, or the whole row with ``return_pk_only=False``.
+        """
+        return cls.insert_config(
+            mei_fn,
+            mei_config,
+            deprecated_alias(mei_comment, "mei_comment", comment, "comment", default=""),
+            deprecated_alias(mei_fabrikant, "mei_fabrikant", fabrikant, "fabrikant"),
+            skip_duplicates,
+            return_pk_only,
+        )
 
     @classmethod
     def checked_config(cls, path: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -112,7 +145,7 @@ class MEI(dj.Computed):
         function, settings = validate_method(method_fn, method_config)
         device = resolve_device("auto")
         dataloaders, model = Ensemble.load_model(
-            primary_key(Ensemble(), key), device=device, include_dataloaders=True
+            primary_key(Ensemble(), key), include_dataloader=True, device=device
         )
         data_key = key["data_key"]
         reference = data_reference(train_loaders(dataloaders)[data_key])

@@ -5,6 +5,7 @@ Used by every training table's ``load_model`` / ``fetch_state`` (see :mod:`schem
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from pipeline import builder
 from . import _dj_compat, state_io
 from .data_info import build_dataloaders, stored_data_info
 
-__all__ = ["TrainingJob", "rebuild_model", "state_from_row"]
+__all__ = ["TrainingJob", "dataloader_flag", "rebuild_model", "state_from_row"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,18 @@ class TrainingJob:
         return build_dataloaders(self.dataset_fn, self.dataset_config, self.seed)
 
 
+def dataloader_flag(include_dataloader: bool, include_dataloaders: bool | None) -> bool:
+    """``load_model``'s loader switch: nnfabrik's ``include_dataloader``, or the deprecated ``include_dataloaders``."""
+    if include_dataloaders is None:
+        return bool(include_dataloader)
+    warnings.warn(
+        "load_model(include_dataloaders=...) is deprecated: use nnfabrik's include_dataloader=...",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return bool(include_dataloaders)
+
+
 def state_from_row(row: Mapping[str, Any], stored_part, device: Any = "cpu") -> dict[str, Any]:
     """The state dict (torch tensors on ``device``) of one training-table row.
 
@@ -61,7 +74,7 @@ def rebuild_model(
     job: TrainingJob,
     dataset_key: Mapping[str, Any],
     state_dict: Mapping[str, Any] | None = None,
-    include_dataloaders: bool = False,
+    include_dataloader: bool = False,
 ):
     """Build the model of ``job`` (with ``state_dict`` loaded strictly), and its loaders if asked.
 
@@ -72,12 +85,12 @@ def rebuild_model(
         job: the training's functions, configs and seed.
         dataset_key: ``{"dataset_fn", "dataset_hash"}`` of the data the model predicts.
         state_dict: the trained parameters, or None for a freshly initialised model.
-        include_dataloaders: also return the loaders.
+        include_dataloader: also return the loaders.
 
     Returns:
         ``(dataloaders or None, model)``.
     """
-    data_info = None if include_dataloaders else stored_data_info(dataset_key)
+    data_info = None if include_dataloader else stored_data_info(dataset_key)
     if data_info is not None:
         model = builder.get_model(
             job.model_fn, job.model_config, data_info=data_info, seed=job.seed, state_dict=state_dict
@@ -87,4 +100,4 @@ def rebuild_model(
     model = builder.get_model(
         job.model_fn, job.model_config, dataloaders=dataloaders, seed=job.seed, state_dict=state_dict
     )
-    return (dataloaders if include_dataloaders else None), model
+    return (dataloaders if include_dataloader else None), model

@@ -62,8 +62,8 @@ class ModelNeuronTable:
     Class attribute:
         source: the table whose models it describes: a :class:`schemas.training.TrainingTable`, or
             any table (an ensemble) whose key holds ``dataset_fn``/``dataset_hash`` and which has
-            ``load_model(key, device=..., include_dataloaders=...)`` returning the model, or
-            ``(dataloaders, model)`` with ``include_dataloaders=True``.
+            ``load_model(key, include_dataloader=..., device=...)`` returning ``(dataloaders, model)``,
+            or the model alone with ``include_dataloader=False`` (nnfabrik's signature).
     """
 
     source: ClassVar[type]

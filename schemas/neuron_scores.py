@@ -112,7 +112,7 @@ class NeuronScoreTable(ModelNeuronTable):
         """Rebuild the model with its loaders and score it on every tier."""
         device = resolve_device("auto")
         dataloaders, model = self.source.load_model(
-            self.source_key(key), device=device, include_dataloaders=True
+            self.source_key(key), include_dataloader=True, device=device
         )
         return score_rows(score_model(model, dataloaders, device=device), units)
 

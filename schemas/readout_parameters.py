@@ -96,7 +96,7 @@ class ReadoutParametersTable(ModelNeuronTable):
     @job_events.compute_step
     def make_compute(self, key, units):
         """Rebuild the model (no data needed) and read each session's readout parameters."""
-        return (readout_rows(self.source.load_model(self.source_key(key)), units),)
+        return (readout_rows(self.source.load_model(self.source_key(key), include_dataloader=False), units),)
 
     @job_events.insert_step
     def make_insert(self, key, rows):

@@ -67,7 +67,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SYSID_HOME", "the user data folder", "the embedded server's data live in `$SYSID_HOME/pgdata`", "schemas.embedded"),
     Variable("SYSID_CACHE_DIR", "the user cache folder", "consolidated dataset cache", "pipeline.data.cache"),
     Variable("SYSID_CHECKPOINT_EVERY", "1", "a running training saves a resumable checkpoint every N epochs", "schemas.training"),
-    Variable("SYSID_FABRIKANT", "the OS user", "who registers configs (the default `Fabrikant` row)", "schemas.configs"),
+    Variable("SYSID_FABRIKANT", "the `Fabrikant` of the database user, else the OS user", "who registers configs (the default `Fabrikant` row)", "schemas.configs"),
     Variable("SYSID_EMAIL", "`user@host`", "the default fabrikant's e-mail", "schemas.configs"),
     Variable("SYSID_AFFILIATION", "empty", "the default fabrikant's affiliation", "schemas.configs"),
     Variable("SYSID_GIT_COMMIT", "the checkout's `HEAD`", "the commit stored with each trained model (for installs without `.git`)", "schemas.run_info"),

@@ -23,6 +23,7 @@ its own ``StoredState`` from :data:`STORED_STATE_DEFINITION`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -34,7 +35,8 @@ from pipeline import builder
 from pipeline.contracts import finite_or_none
 
 from . import job_events, state_io
-from .model_loading import TrainingJob, rebuild_model, state_from_row
+from .hybrid import hybridmethod
+from .model_loading import TrainingJob, dataloader_flag, rebuild_model, state_from_row
 from .progress import ProgressRecorder, delete_present, latest_checkpoint
 from .requeue import release_interrupted_jobs
 from .run_info import DEGENERATE_COMMENT, degenerate_check, run_info
@@ -96,18 +98,6 @@ def trained_model_definition(
     comment="": varchar(512)
     {timestamp_column}=CURRENT_TIMESTAMP: datetime
     """
-
-
-class hybridmethod:
-    """A method callable on the class (``TrainedModel.load_model(key)``) or on a restricted instance."""
-
-    def __init__(self, function):
-        self.function = function
-        self.__doc__ = function.__doc__
-
-    def __get__(self, obj, objtype=None):
-        target = obj if obj is not None else objtype()
-        return self.function.__get__(target, objtype)
 
 
 def primary_key(table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,29 +262,79 @@ class TrainingTable:
     def load_model(
         self,
         key=None,
-        device: Any = "cpu",
-        include_dataloaders: bool = False,
+        include_dataloader: bool = True,
+        include_trainer: bool = False,
         include_state_dict: bool = True,
+        seed: int | None = None,
+        *,
+        device: Any = "cpu",
+        include_dataloaders: bool | None = None,
     ):
-        """Rebuild a trained model (and optionally its loaders) from the database.
+        """Rebuild a trained model from the database (nnfabrik's ``TrainedModel.load_model``).
+
+        ``dataloaders, model = TrainedModel().load_model(key)``, as in nnfabrik.
 
         Args:
             key: restriction selecting exactly one trained model (None: this restricted table).
-            device: where the parameters go (``map_location`` semantics).
-            include_dataloaders: also build and return the loaders (reads the data).
+            include_dataloader: build and return the loaders too (reads the data); False builds the
+                model from the dataset's stored ``DataInfo`` when it can (no data read).
+            include_trainer: also return the trainer (``functools.partial`` with its config bound).
             include_state_dict: load the trained parameters (False: freshly initialised model).
+            seed: build loaders and model with this seed instead of the trained model's.
+            device: where the parameters go (``map_location`` semantics); not in nnfabrik.
+            include_dataloaders: deprecated alias of ``include_dataloader``.
 
         Returns:
-            ``model`` in eval mode, or ``(dataloaders, model)`` with ``include_dataloaders``.
+            ``(dataloaders, model)``; ``(dataloaders, model, trainer)`` with ``include_trainer``;
+            without ``include_dataloader``: ``model``, or ``(model, trainer)``. The model is in
+            eval mode.
 
         Raises:
             ValueError: the restriction matches no row or several rows.
         """
+        include_dataloader = dataloader_flag(include_dataloader, include_dataloaders)
         key = self._one_key(key, "load_model")
+        job = self.job_spec(key)
+        if seed is not None:
+            job = dataclasses.replace(job, seed=int(seed))
         state = self.fetch_state(key, device=device) if include_state_dict else None
-        dataloaders, model = rebuild_model(self.job_spec(key), key, state, include_dataloaders)
+        dataloaders, model = rebuild_model(job, key, state, include_dataloader)
         model = model.to(device).eval()
-        return (dataloaders, model) if include_dataloaders else model
+        parts = (dataloaders, model) if include_dataloader else (model,)
+        if include_trainer:
+            parts += (builder.get_trainer(job.trainer_fn, job.trainer_config),)
+        return parts if len(parts) > 1 else model
+
+    @hybridmethod
+    def get_full_config(
+        self, key=None, include_state_dict: bool = True, include_trainer: bool = True
+    ) -> dict[str, Any]:
+        """Functions and configs of one trained model, for ``pipeline.builder.get_all_parts(**config, seed=...)``.
+
+        nnfabrik's ``TrainedModel.get_full_config``.
+
+        Args:
+            key: restriction selecting exactly one trained model (None: this restricted table).
+            include_state_dict: add ``state_dict`` (torch tensors on the CPU), the trained parameters.
+            include_trainer: add ``trainer_fn`` and ``trainer_config``.
+
+        Returns:
+            ``{"dataset_fn", "dataset_config", "model_fn", "model_config"[, "trainer_fn",
+            "trainer_config"][, "state_dict"]}``.
+        """
+        key = self._one_key(key, "get_full_config")
+        job = self.job_spec(key)
+        config: dict[str, Any] = {
+            "model_fn": job.model_fn,
+            "model_config": dict(job.model_config),
+            "dataset_fn": job.dataset_fn,
+            "dataset_config": dict(job.dataset_config),
+        }
+        if include_trainer:
+            config.update(trainer_fn=job.trainer_fn, trainer_config=dict(job.trainer_config))
+        if include_state_dict:
+            config["state_dict"] = self.fetch_state(key)
+        return config
 
     @hybridmethod
     def fetch_state(self, key=None, device: Any = "cpu") -> dict:

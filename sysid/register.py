@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -587,13 +588,10 @@ def _insert_plan(plan: Plan, schemas: Any, step: list[str]) -> dict[str, list[di
     keys: dict[str, list[dict[str, Any]]] = {}
     tables[MEI_SECTION] = schemas.MEIMethod
     for section in (*SECTIONS, MEI_SECTION):
-        table = tables[section]()
         keys[section] = []
         for e in plan.entries.get(section, []):
             step[0] = e.label
-            keys[section].append(
-                dict(table.add_entry(e.fn, e.config, fabrikant=fabrikant, comment=e.comment))
-            )
+            keys[section].append(_add_config(tables[section], e, fabrikant, schemas))
     step[0] = "seeds"
     if plan.seeds:
         schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
@@ -606,6 +604,13 @@ def _insert_plan(plan: Plan, schemas: Any, step: list[str]) -> dict[str, list[di
         step[0] = "experiment"
         _add_experiment(schemas, plan.experiment, fabrikant, keys)
     return keys
+
+
+def _add_config(table: Any, entry: Any, fabrikant: str | None, schemas: Any) -> dict[str, Any]:
+    """Register one config entry of the file, reusing an existing row silently (nnfabrik's add_entry)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", schemas.DuplicateEntryWarning)
+        return dict(table.add_entry(entry.fn, entry.config, entry.comment, fabrikant, skip_duplicates=True))
 
 
 def _add_experiment(

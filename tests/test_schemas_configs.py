@@ -1,4 +1,4 @@
-"""Config tables: add_entry canonicalises, hashes, validates before inserting and is idempotent."""
+"""Config tables: add_entry canonicalises, hashes, validates before inserting; duplicates as nnfabrik."""
 
 from __future__ import annotations
 
@@ -6,16 +6,19 @@ import pytest
 
 
 def test_same_config_twice_gives_one_row(empty_db):
+    import schemas
     from schemas import Model
 
     key1 = Model.add_entry("tests.toy_fns.toy_model", {"bias": True})
-    key2 = Model().add_entry("tests.toy_fns.toy_model", {"bias": True})
+    # nnfabrik's rule: a duplicate raises unless skip_duplicates=True, which warns and returns the key
+    with pytest.raises(ValueError, match="already exists"):
+        Model().add_entry("tests.toy_fns.toy_model", {"bias": True})
+    with pytest.warns(schemas.DuplicateEntryWarning, match="Skipping"):
+        key2 = Model().add_entry("tests.toy_fns.toy_model", {"bias": True}, skip_duplicates=True)
     assert key1 == key2 and len(Model()) == 1
     row = (Model() & key1).to_dicts()[0]
     assert row["model_config"] == {"bias": True}
     assert row["model_fabrikant"]  # the default fabrikant was created
-    with pytest.raises(ValueError, match="already holds"):
-        Model.add_entry("tests.toy_fns.toy_model", {"bias": True}, skip_duplicates=False)
 
 
 def test_types_are_kept_in_the_hash(empty_db):
@@ -50,7 +53,7 @@ def test_unknown_fabrikant_is_rejected(empty_db):
     from schemas import Trainer
 
     with pytest.raises(ValueError, match="unknown fabrikant"):
-        Trainer.add_entry("tests.toy_fns.toy_trainer", {}, fabrikant="nobody")
+        Trainer.add_entry("tests.toy_fns.toy_trainer", {}, trainer_fabrikant="nobody")
     assert len(Trainer()) == 0
 
 

@@ -104,8 +104,8 @@ def test_an_ensemble_is_scored_like_a_trained_model(trained) -> None:
     stored = (schemas.EnsembleScore.Unit & key & {"tier": "test"}).to_dicts(order_by="unit_id")
     assert len(stored) == N_NEURONS
     # the same numbers as scoring the ensemble module of the three loaded members directly
-    members = [schemas.TrainedModel.load_model(k) for k in _trained_keys({1, 2, 3})]
-    dataloaders, _ = schemas.TrainedModel.load_model(_trained_keys({1})[0], include_dataloaders=True)
+    members = [schemas.TrainedModel.load_model(k, include_dataloader=False) for k in _trained_keys({1, 2, 3})]
+    dataloaders, _ = schemas.TrainedModel.load_model(_trained_keys({1})[0])
     (data_key,) = dataloaders["test"]
     direct = score_model(EnsembleEncoder(members), {"test": dataloaders["test"]})["test"][data_key][
         "correlation"
@@ -130,8 +130,11 @@ def test_a_method_config_with_an_unknown_key_is_refused_at_registration(trained)
     assert len(schemas.MEIMethod()) == before
     # the stored config is the complete settings: equal settings share one row
     a = schemas.MEIMethod.add_entry(MEI_FN, {})
-    b = schemas.MEIMethod.add_entry(MEI_FN, {"norm": 10.0, "objective": "excite"})
+    with pytest.warns(schemas.DuplicateEntryWarning):
+        b = schemas.MEIMethod.add_entry(MEI_FN, {"norm": 10.0, "objective": "excite"}, skip_duplicates=True)
     assert a == b
+    with pytest.raises(ValueError, match="already exists"):
+        schemas.MEIMethod.add_entry(MEI_FN, {"norm": 10.0})
     _, stored = schemas.MEIMethod.get_config(a)
     assert stored["norm"] == 10.0 and stored["max_steps"] == 500
 
@@ -142,7 +145,7 @@ def test_workers_fill_one_mei_row_per_session_with_scalars_and_a_view(trained) -
 
     trained["db"].activate()
     ensemble = schemas.Ensemble.create(_trained_keys({1, 2, 3}))
-    method = schemas.MEIMethod.add_entry(MEI_FN, MEI_CONFIG)
+    method = schemas.MEIMethod.add_entry(MEI_FN, MEI_CONFIG, skip_duplicates=True)
     schemas.MEISeed.insert1({"mei_seed": 0}, skip_duplicates=True)
     result = schemas.populate_all()
     assert all(not r["error_list"] for r in result.values()), schemas.errors()
@@ -152,7 +155,7 @@ def test_workers_fill_one_mei_row_per_session_with_scalars_and_a_view(trained) -
     units = (schemas.MEI.Unit & key).to_dicts(order_by="unit_id")
     assert len(units) == N_NEURONS
     # the images are what optimize_meis gives for the loaded ensemble (reproducible from the database)
-    dataloaders, model = schemas.Ensemble.load_model(ensemble, include_dataloaders=True)
+    dataloaders, model = schemas.Ensemble.load_model(ensemble)
     data_key = master[0]["data_key"]
     reference = data_reference(dataloaders["train"][data_key])
     direct = optimize_meis(
@@ -203,7 +206,7 @@ def test_two_workers_compute_meis_without_duplicates(trained, worker_env) -> Non
     trained["db"].activate()
     for seeds in ({1}, {2}, {3}, {1, 2}):
         schemas.Ensemble.create(_trained_keys(seeds))
-    schemas.MEIMethod.add_entry(MEI_FN, MEI_CONFIG)
+    schemas.MEIMethod.add_entry(MEI_FN, MEI_CONFIG, skip_duplicates=True)
     schemas.MEISeed.insert([{"mei_seed": s} for s in (0, 1)], skip_duplicates=True)
     pending = len(schemas.MEI.key_source - schemas.MEI)
     assert pending >= 8
@@ -240,7 +243,7 @@ def test_deleting_a_member_deletes_its_ensembles_with_their_scores_and_meis(trai
     trained["db"].activate()
     pair = schemas.Ensemble.create(_trained_keys({1, 2}))
     alone = schemas.Ensemble.create(_trained_keys({3}))
-    schemas.MEIMethod.add_entry(MEI_FN, MEI_CONFIG)
+    schemas.MEIMethod.add_entry(MEI_FN, MEI_CONFIG, skip_duplicates=True)
     schemas.MEISeed.insert1({"mei_seed": 0}, skip_duplicates=True)
     for table in (schemas.EnsembleScore, schemas.MEI):
         table.populate([pair, alone])

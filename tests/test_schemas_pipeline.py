@@ -108,7 +108,11 @@ def test_views_give_scores_and_readout_parameters_in_plain_sql(populated):
         assert row[11] == pytest.approx(float(np.linalg.norm(features[row[:5]])), rel=1e-5)
     # ... and the loaded model's readout parameters, neuron by neuron (unit id -> output index)
     key = {**populated["gauss"], "seed": 1, **populated["dataset"], **populated["trainer"]}
-    truth = schemas.TrainedModel.load_model(key).readout["90001-1-1"].neuron_parameters()
+    truth = (
+        schemas.TrainedModel.load_model(key, include_dataloader=False)
+        .readout["90001-1-1"]
+        .neuron_parameters()
+    )
     mine = sorted((r for r in rows if r[:3] == (key["model_fn"], key["model_hash"], 1)), key=lambda r: r[5])
     assert [r[5] for r in mine] == list(range(N_NEURONS))
     np.testing.assert_allclose([r[8] for r in mine], truth["mu_x"], rtol=1e-6)
@@ -122,11 +126,11 @@ def test_load_model_reproduces_the_stored_score(populated):
     populated["db"].activate()
     key = {**populated["gauss"], "seed": 2}
     score = (TrainedModel() & key).to_dicts()[0]["score"]
-    loaders, model = TrainedModel.load_model(key, include_dataloaders=True)
+    loaders, model = TrainedModel.load_model(key)  # nnfabrik's default: (dataloaders, model)
     again = measures.get_correlations(model, loaders, tier="validation", per_neuron=False)
     assert again == pytest.approx(score, abs=1e-5)
     # built from DataInfo alone (no data read), the same parameters
-    alone = TrainedModel.load_model(key)
+    alone = TrainedModel.load_model(key, include_dataloader=False)
     for (name, a), b in zip(model.state_dict().items(), alone.state_dict().values()):
         assert np.array_equal(a.numpy(), b.numpy()), name
     with pytest.raises(ValueError, match="exactly one"):
@@ -223,9 +227,15 @@ def test_the_real_trainers_records_fill_every_progress_column(db, tiny_dataset):
     assert set(RECORD_COLUMNS) <= {f.name for f in dataclasses.fields(EpochRecord)}
     assert set(RECORD_COLUMNS) == set(TrainingProgress.heading.secondary_attributes) - {"host", "progress_ts"}
     key = {
-        **Dataset.add_entry("pipeline.data.static_loaders", {"paths": [str(tiny_dataset)], "batch_size": 16}),
-        **Model.add_entry("pipeline.models.stacked_core_full_gauss_readout", SMALL_MODEL),
-        **Trainer.add_entry("pipeline.training.standard_trainer", TRAINER),
+        **Dataset.add_entry(
+            "pipeline.data.static_loaders",
+            {"paths": [str(tiny_dataset)], "batch_size": 16},
+            skip_duplicates=True,
+        ),
+        **Model.add_entry(
+            "pipeline.models.stacked_core_full_gauss_readout", SMALL_MODEL, skip_duplicates=True
+        ),
+        **Trainer.add_entry("pipeline.training.standard_trainer", TRAINER, skip_duplicates=True),
         "seed": 5,
     }
     Seed.insert1({"seed": 5}, skip_duplicates=True)

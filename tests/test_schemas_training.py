@@ -21,9 +21,9 @@ def _register(trainer_config, seeds=(1,), model_fn="toy_model"):
 
     Seed.insert([{"seed": s} for s in seeds], skip_duplicates=True)
     keys = {
-        **Dataset.add_entry(TOY + "toy_dataset", {"n_trials": 24}),
-        **Model.add_entry(TOY + model_fn, {}),
-        **Trainer.add_entry(TOY + "toy_trainer", trainer_config),
+        **Dataset.add_entry(TOY + "toy_dataset", {"n_trials": 24}, skip_duplicates=True),
+        **Model.add_entry(TOY + model_fn, {}, skip_duplicates=True),
+        **Trainer.add_entry(TOY + "toy_trainer", trainer_config, skip_duplicates=True),
     }
     return keys
 
@@ -61,7 +61,7 @@ def test_populate_stores_result_progress_and_loads_back(empty_db):
     assert [p["epoch"] for p in progress] == [1, 2, 3]
     assert np.allclose([p["val_correlation"] for p in progress], row["output"]["val_correlation"])
     assert len(Checkpoint() & key) == 0  # dropped once the result is stored
-    model = TrainedModel.load_model(key)
+    model = TrainedModel.load_model(key, include_dataloader=False)
     from tests.toy_fns import _correlation, toy_dataset
 
     x, y = toy_dataset(n_trials=24)["validation"]["toy"]
