@@ -240,7 +240,7 @@ def test_add_entry_names_the_column_a_value_does_not_fit(empty_db):
     import schemas
 
     with pytest.raises(ValueError, match="model_comment .* holds at most 256"):
-        schemas.Model.add_entry("tests.toy_fns.toy_model", {}, comment="m" * 257)
+        schemas.Model.add_entry("tests.toy_fns.toy_model", {}, model_comment="m" * 257)
     with pytest.raises(ValueError, match="seed 4294967296 is outside the range"):
         schemas.Experiments.add_entry("e", [], [], [], [2**32])
     assert _count_rows(schemas) == dict.fromkeys(_count_rows(schemas), 0)
@@ -400,7 +400,7 @@ def test_nul_characters_never_reach_the_database(empty_db):
     with pytest.raises(ValueError, match="NUL character"):
         schemas.Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {"label": "x\x00"})
     with pytest.raises(ValueError, match="NUL character"):
-        schemas.Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {}, comment="x\x00")
+        schemas.Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {}, dataset_comment="x\x00")
     assert len(schemas.Dataset()) == 0
 
 
