@@ -11,18 +11,25 @@
    timing runs from registration to the last stored result. Each worker's first job includes loading
    the model code, in both runs. Goal: 2 workers ≥ 1.8 × one on a machine with ≥ 2 idle cores.
 
+3. With ``--gpus``: throughput of ``sysid worker --gpus SPEC --per-gpu K`` (one supervisor, K worker
+   processes per GPU, models trained on the GPU) for each K of ``--per-gpu`` (default 1, 2, 4),
+   as jobs per minute and as the ratio to K=1 measured in the same run. Replaces measurement 2.
+   Without CUDA the same run trains on the CPU (a check of the script; its numbers mean nothing).
+
 Runs on the embedded PostgreSQL server (DJ_HOST unset) or the configured database, in throw-away
 schemas. The load average is printed before and after: on a busy machine the ratio means little.
 Usage::
 
     python benchmarks/bench_pipeline.py                      # 10 jobs of 30 epochs (~3-4 s each)
     python benchmarks/bench_pipeline.py --jobs 12 --epochs 40
+    python benchmarks/bench_pipeline.py --gpus all --per-gpu 1,2,4 --jobs 48   # on a GPU machine
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -41,13 +48,13 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 os.environ.update(ONE_THREAD)  # before torch is imported
 
 
-def _grid(data: Path, epochs: int, seeds: list[int]) -> dict[str, Any]:
-    """The demo registration document with one model (Gaussian readout), CPU training and ``seeds``."""
+def _grid(data: Path, epochs: int, seeds: list[int], device: str = "cpu") -> dict[str, Any]:
+    """The demo registration document with one model (Gaussian readout), training on ``device``, ``seeds``."""
     from sysid.demo import demo_grid
 
     doc = demo_grid(data, epochs=epochs)
     doc["model"] = doc["model"][0]
-    doc["trainer"]["config"]["device"] = "cpu"
+    doc["trainer"]["config"]["device"] = device
     doc["seeds"] = seeds
     doc.pop("experiment")
     return doc
@@ -121,10 +128,15 @@ def overhead(schemas: Any, data: Path, epochs: int, jobs: int) -> dict[str, floa
     }
 
 
-def _wait_for_start(logs: list[Path], processes: list[subprocess.Popen], timeout: float = 180.0) -> None:
-    """Wait until every worker has logged "worker started" (imported, connected, threads set)."""
+def _wait_for_start(
+    logs: list[Path], processes: list[subprocess.Popen], timeout: float = 180.0, per_log: int = 1
+) -> None:
+    """Wait until every worker has logged "worker started" (imported, connected, threads set).
+
+    ``per_log``: workers writing to each log (a supervisor's log holds all its workers' lines).
+    """
     deadline = time.monotonic() + timeout
-    while not all("worker started" in log.read_text(errors="replace") for log in logs):
+    while not all(log.read_text(errors="replace").count("worker started") >= per_log for log in logs):
         if any(p.poll() is not None for p in processes):
             raise RuntimeError(f"a worker exited at start:\n{logs[0].read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:
@@ -132,17 +144,38 @@ def _wait_for_start(logs: list[Path], processes: list[subprocess.Popen], timeout
         time.sleep(0.2)
 
 
-def throughput(schemas: Any, data: Path, epochs: int, jobs: int, workers: int) -> dict[str, float]:
-    """Jobs per minute with ``workers`` worker processes, from registration to the last result."""
+def throughput(
+    schemas: Any,
+    data: Path,
+    epochs: int,
+    jobs: int,
+    workers: int,
+    gpus: list[str] | None = None,
+    per_gpu: int = 1,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Jobs per minute, from registration to the last result.
+
+    Args:
+        workers: ``sysid worker --device cpu --threads 1`` processes (ignored with ``gpus``).
+        gpus: run one ``sysid worker --gpus <gpus> --per-gpu <per_gpu>`` supervisor instead.
+        device: the trainer's device.
+    """
     prefix = f"bench_{uuid.uuid4().hex[:6]}_"
     schemas.activate(prefix)
     env = dict(os.environ, SYSID_SCHEMA_PREFIX=prefix, PYTHONWARNINGS="ignore", **ONE_THREAD)
-    command = [sys.executable, "-m", "sysid", "worker", "--threads", "1", "--device", "cpu", "--sleep", "0.2"]
+    command = [sys.executable, "-m", "sysid", "worker", "--threads", "1", "--sleep", "0.2"]
+    if gpus is None:
+        command += ["--device", "cpu"]
+        per_log = 1
+    else:
+        command += ["--gpus", ",".join(gpus), "--per-gpu", str(per_gpu)]
+        per_log, workers = len(gpus) * per_gpu, 1  # one supervisor; its workers share its log
     log_dir = Path(tempfile.mkdtemp(prefix="sysid-bench-logs-"))
     logs = [log_dir / f"worker{i}.log" for i in range(workers)]
     processes: list[subprocess.Popen] = []
     try:
-        doc = _grid(data, epochs, list(range(1, jobs + 1)))
+        doc = _grid(data, epochs, list(range(1, jobs + 1)), device=device)
         # the dataset's DataInfo first, so that every measured job is a model job
         schemas.Dataset.add_entry(doc["dataset"]["fn"], doc["dataset"]["config"], skip_duplicates=True)
         schemas.DataInfo().populate(reserve_jobs=True)
@@ -151,7 +184,7 @@ def throughput(schemas: Any, data: Path, epochs: int, jobs: int, workers: int) -
                 processes.append(
                     subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=stream, stderr=subprocess.STDOUT)
                 )
-        _wait_for_start(logs, processes)
+        _wait_for_start(logs, processes, per_log=per_log)
         started = time.perf_counter()
         _register(schemas, doc)
         # a job ends with its readout parameters stored; one cheap COUNT per poll
@@ -162,8 +195,15 @@ def throughput(schemas: Any, data: Path, epochs: int, jobs: int, workers: int) -
         elapsed = time.perf_counter() - started
         if len(schemas.errors()):
             raise RuntimeError(f"jobs failed:\n{schemas.errors()}")
-        # all workers share one host name: count each one's finished trainings in its log
-        per_worker = [log.read_text(errors="replace").count("done  TrainedModel") for log in logs]
+        # all workers share one host name: count each one's finished trainings in its log (or, under
+        # a supervisor, by the slot tag of its lines)
+        if gpus is None:
+            per_worker = [log.read_text(errors="replace").count("done  TrainedModel") for log in logs]
+        else:
+            done = re.findall(
+                r"\[(gpu\S+)\] schemas\.jobs: done  TrainedModel", logs[0].read_text(errors="replace")
+            )
+            per_worker = [done.count(slot) for slot in sorted(set(done))]
     finally:
         for p in processes:
             p.send_signal(signal.SIGTERM)
@@ -186,6 +226,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10, help="jobs per throughput run (overhead: 4)")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs per job")
     parser.add_argument("--overhead-jobs", type=int, default=4, help="jobs for the overhead medians")
+    parser.add_argument(
+        "--gpus",
+        default=None,
+        help="measure `sysid worker --gpus GPUS` (all, or 0,1,...) instead of CPU workers",
+    )
+    parser.add_argument(
+        "--per-gpu", default="1,2,4", help="with --gpus: worker processes per GPU to compare (default 1,2,4)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -208,6 +256,9 @@ def main() -> None:
         f"registration {result['register_s']:.2f} s, DataInfo once {result['data_info_s']:.2f} s",
         flush=True,
     )
+    if args.gpus is not None:
+        gpu_throughput(schemas, data, args)
+        return
     one = throughput(schemas, data, args.epochs, args.jobs, workers=1)
     print(f"1 worker:  {one['jobs_per_min']:.1f} jobs/min ({one['seconds']:.1f} s)", flush=True)
     two = throughput(schemas, data, args.epochs, args.jobs, workers=2)
@@ -219,6 +270,32 @@ def main() -> None:
     print(
         f"throughput ({args.jobs} jobs of {args.epochs} epochs): 2 workers / 1 worker = "
         f"{two['jobs_per_min'] / one['jobs_per_min']:.2f}x (goal >= 1.8x); load average at end: {_load()}"
+    )
+
+
+def gpu_throughput(schemas: Any, data: Path, args: argparse.Namespace) -> None:
+    """Measurement 3: jobs per minute for each ``--per-gpu`` K, and the ratio to K=1 (or the first K)."""
+    import torch
+
+    from sysid.supervisor import parse_gpus
+
+    gpus = parse_gpus(args.gpus)
+    counts = [int(k) for k in args.per_gpu.split(",")]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        print("no CUDA here: the --gpus run trains on the CPU (a check of the script; numbers mean nothing)")
+    results = {}
+    for k in counts:
+        results[k] = throughput(schemas, data, args.epochs, args.jobs, 0, gpus=gpus, per_gpu=k, device=device)
+        ratio = results[k]["jobs_per_min"] / results[counts[0]]["jobs_per_min"]
+        print(
+            f"{len(gpus)} GPU(s) x {k} worker(s): {results[k]['jobs_per_min']:.1f} jobs/min "
+            f"({results[k]['seconds']:.1f} s; jobs per worker {results[k]['per_worker']}); "
+            f"{ratio:.2f}x of {counts[0]} per GPU",
+            flush=True,
+        )
+    print(
+        f"throughput ({args.jobs} jobs of {args.epochs} epochs on {device}); load average at end: {_load()}"
     )
 
 

@@ -32,8 +32,12 @@ __all__ = [
     "jobs_declared",
     "keys_to_do",
     "open_connection",
+    "connection_alive",
+    "interval_sql",
+    "jobs_descriptor",
     "quote_identifier",
     "read_stored_object",
+    "reopen_connection",
     "recorded_error_message",
     "repend_job",
     "stopped_job_keys",
@@ -65,6 +69,42 @@ def quote_identifier(conn) -> Callable[[str], str]:
     return conn.adapter.quote_identifier
 
 
+def reopen_connection(conn) -> None:
+    """Open a new server session for the DataJoint connection ``conn`` (same object, in place).
+
+    DataJoint's own ``connect()`` keeps the old ``connection_id`` and the transaction flag; a
+    session that died inside a transaction would refuse every later transaction ("Nested
+    connections are not supported"). Both are reset here.
+    """
+    old = getattr(conn, "_conn", None)
+    if old is not None:
+        try:
+            old.close()
+        except Exception:  # already closed by the server
+            pass
+    conn.connect()
+    conn._in_transaction = False
+    conn.connection_id = conn.adapter.get_connection_id(conn._conn)
+
+
+def connection_alive(conn) -> bool:
+    """Whether ``conn``'s server session answers a query now.
+
+    DataJoint's ``is_connected`` is always True on PostgreSQL (its adapter's ``ping`` returns
+    False instead of raising), so a dead session would be reused; this runs ``SELECT 1``.
+    """
+    try:
+        conn.query("SELECT 1", reconnect=False).fetchall()
+    except Exception:
+        return False
+    return True
+
+
+def interval_sql(conn, seconds: float) -> str:
+    """SQL for an interval of ``seconds`` (``INTERVAL 5 SECOND`` / ``INTERVAL '5 seconds'``)."""
+    return conn.adapter.interval_expr(seconds, "second")
+
+
 def unbind_schema(schema: dj.Schema) -> None:
     """Detach an activated schema object from its database, so it can be activated elsewhere.
 
@@ -74,8 +114,11 @@ def unbind_schema(schema: dj.Schema) -> None:
 
 
 # ------------------------------------------------------------------------------- jobs tables
-def declare_jobs_table(table) -> bool:
+def declare_jobs_table(table, job_class: type = Job) -> bool:
     """Create ``table``'s jobs table now (DataJoint creates it lazily) and attach it to ``table``.
+
+    ``job_class``: DataJoint's ``Job`` or a subclass of it (``schemas.leases.LeasedJob``) that
+    ``table.jobs`` returns from now on.
 
     Key columns are declared with the core types of the tables that introduce them
     (``seed : int32``): DataJoint's own definition uses the SQL type read back from the database
@@ -84,7 +127,7 @@ def declare_jobs_table(table) -> bool:
     Returns:
         True when the jobs table was created here, False when it existed.
     """
-    job = Job(table)
+    job = job_class(table)
     created = False
     if not job.is_declared:
         lines = []
@@ -114,6 +157,24 @@ def declared_type(table, attribute: str) -> str:
         if parent_attribute is not None:
             return declared_type(parent, parent_attribute)
     return heading_attribute.type
+
+
+class jobs_descriptor:
+    """A ``jobs`` class attribute like DataJoint's, returning ``job_class(table)`` (declared when missing).
+
+    DataJoint's ``AutoPopulate.jobs`` creates a plain ``Job``; a table class that defines
+    ``jobs = jobs_descriptor(LeasedJob)`` gets its subclass instead, also in ``populate``.
+    """
+
+    def __init__(self, job_class: type):
+        self.job_class = job_class
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            obj = objtype()
+        if not isinstance(obj._jobs, self.job_class):
+            declare_jobs_table(obj, self.job_class)
+        return obj._jobs
 
 
 def jobs_declared(table) -> bool:
@@ -170,7 +231,9 @@ def repend_job(table, key: Mapping[str, Any], priority: int | None = None) -> No
     key = {name: key[name] for name in jobs.primary_key}
     (jobs & key).delete_quick()
     priority = default_job_priority() if priority is None else int(priority)
-    jobs.insert1({**key, "status": "pending", "priority": priority})
+    # two workers that stop together both re-pend every interrupted job (release_interrupted_jobs):
+    # the second insert of the same key must not fail the second worker's release of its own job
+    jobs.insert1({**key, "status": "pending", "priority": priority}, skip_duplicates=True)
 
 
 def delete_jobs(table, status: str, restriction=None) -> int:

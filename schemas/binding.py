@@ -25,10 +25,12 @@ from .connection import (
 )
 from .data_info import DataInfo
 from .ensembles import Ensemble, EnsembleScore
+from .leases import LeasedJob
 from .mei_tables import MEI, MEIMethod, MEISeed  # noqa: F401  (MEIMethod, MEISeed: declared here)
 from .neuron_scores import NeuronScore
 from .progress import Checkpoint, TrainingProgress  # noqa: F401  (declared here)
 from .readout_parameters import ReadoutParameters
+from .search_tables import SearchTrial, SearchViewSet, Study, TrialOutcome, drop_optuna_storage  # noqa: F401
 from .settings import current_settings
 from .trained_model import TrainedModel
 
@@ -56,6 +58,7 @@ VIEW_SETS = (
         readouts=ReadoutParameters,
         data_info=DataInfo,
     ),
+    SearchViewSet(),
 )
 
 # table instances of the bound schema, reused across polls: an instance caches its key_source,
@@ -94,7 +97,7 @@ def activate(prefix: str | None = None, *, backend: str | None = None):
         schema.activate(name, connection=conn)
         create_views(conn, name)
         for table in computed_tables().values():
-            _dj_compat.declare_jobs_table(table)
+            _dj_compat.declare_jobs_table(table, LeasedJob)
     set_active(conn, settings, prefix)
     return conn
 
@@ -125,6 +128,8 @@ def drop_all() -> None:
     Used by tests and by the CLI's demo reset. Deletes the data for good.
     """
     active_connection()
+    if schema.database is not None:
+        drop_optuna_storage()  # the searches' Optuna storage beside the schema
     if schema.database is not None and schema.exists:
         schema.drop(prompt=False)
     _dj_compat.unbind_schema(schema)

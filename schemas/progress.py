@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import datajoint as dj
@@ -24,6 +24,7 @@ from . import state_io
 from ._schema import schema
 from .configs import Dataset, Model, Seed, Trainer  # noqa: F401  (used in the definitions)
 from .connection import backend_of
+from .reconnect import retry_transient
 from .stopping import stop_requested
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,11 @@ __all__ = [
     "ProgressRecorder",
     "TrainingProgress",
     "checkpoint_definition",
+    "EPOCH_CHECKS",
     "delete_present",
     "latest_checkpoint",
     "progress_definition",
+    "register_epoch_check",
     "replace_row",
 ]
 
@@ -54,6 +57,18 @@ TRAINED_MODEL_KEY_DEFINITION = """
     -> Trainer
     -> Seed
 """
+
+
+#: factories of per-run epoch checks (e.g. a search's pruner, :mod:`schemas.search_tables`):
+#: ``factory(recorder) -> check | None`` once per training run; ``check(record) -> bool`` after every
+#: epoch's progress row, True ending the training early (cleanly, with its best state kept)
+EPOCH_CHECKS: list[Callable[[Any], Callable[[Any], bool] | None]] = []
+
+
+def register_epoch_check(factory: Callable[[Any], Callable[[Any], bool] | None]) -> None:
+    """Add ``factory`` to :data:`EPOCH_CHECKS` (once; registering it again does nothing)."""
+    if factory not in EPOCH_CHECKS:
+        EPOCH_CHECKS.append(factory)
 
 
 def progress_definition(key_definition: str) -> str:
@@ -106,6 +121,11 @@ class ProgressRecorder:
         connection: the DataJoint connection (progress rows are written outside any transaction).
         every: checkpoint every this many epochs.
         progress_table, checkpoint_table: the tables to write (those of the training table).
+        guard: called first inside each write's transaction; it raises to refuse the write (the
+            training table's lease check, :func:`schemas.leases.guard`).
+
+    A write that fails because the connection dropped is retried after reconnecting
+    (:func:`schemas.reconnect.retry_transient`, about 90 s), so a server restart costs no epochs.
 
     The record passed to the callback must have the attributes ``epoch`` and
     :data:`RECORD_COLUMNS` and a ``training_state()`` method (``pipeline.training.EpochRecord``):
@@ -119,6 +139,7 @@ class ProgressRecorder:
         every: int = 1,
         progress_table: type = TrainingProgress,
         checkpoint_table: type = Checkpoint,
+        guard: Callable[[], None] | None = None,
     ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
@@ -127,11 +148,15 @@ class ProgressRecorder:
         self.every = every
         self.progress_table = progress_table
         self.checkpoint_table = checkpoint_table
+        self.guard = guard
         self.calls = 0
         self.last_epoch: int | None = None
         self.host = socket.gethostname()
         self.checkpoint_too_large = False
         self._limit: float | None = None
+        self._checks: list[Callable[[Any], bool]] | None = None
+        #: the epoch at which an epoch check ended the training (None: it was not ended early)
+        self.stopped_early_at: int | None = None
 
     def __call__(self, record) -> bool:
         self.calls += 1
@@ -144,11 +169,34 @@ class ProgressRecorder:
             "host": self.host,
         }
         # a resumed run rewrites its epochs
-        replace_row(self.progress_table, {**self.key, "epoch": epoch}, row, self.connection)
+        self._write(self.progress_table, {**self.key, "epoch": epoch}, row, "writing the progress row")
         stop = stop_requested()
         if stop or self.calls % self.every == 0:
             self.save_checkpoint(record)
+        if not stop and self._ends_early(record):
+            self.stopped_early_at = epoch
+            return True
         return stop
+
+    def _ends_early(self, record) -> bool:
+        """Whether an epoch check (:data:`EPOCH_CHECKS`) ends this training now."""
+        if self._checks is None:
+            self._checks = []
+            for factory in EPOCH_CHECKS:
+                try:
+                    check = factory(self)
+                except Exception as err:  # as below: train on without the check
+                    logger.warning("epoch check %r failed: %s: %s", factory, type(err).__name__, err)
+                    continue
+                if check is not None:
+                    self._checks.append(check)
+        for check in self._checks:
+            try:
+                if check(record):
+                    return True
+            except Exception as err:  # a check's trouble (e.g. its database) must not end the training
+                logger.warning("epoch check %r failed: %s: %s", check, type(err).__name__, err)
+        return False
 
     def checkpoint_limit(self) -> float:
         """Largest checkpoint the server accepts in one statement (MySQL: half of max_allowed_packet)."""
@@ -174,7 +222,14 @@ class ProgressRecorder:
             self.checkpoint_too_large = True
             return
         row = {**self.key, "epoch": int(record.epoch), "state": data, "nbytes": len(data), "host": self.host}
-        replace_row(self.checkpoint_table, self.key, row, self.connection)
+        self._write(self.checkpoint_table, self.key, row, "saving the checkpoint")
+
+    def _write(self, table: type, key: Mapping[str, Any], row: Mapping[str, Any], what: str) -> None:
+        retry_transient(
+            lambda: replace_row(table, key, row, self.connection, guard=self.guard),
+            self.connection,
+            what=what,
+        )
 
 
 def delete_present(query) -> None:
@@ -188,9 +243,20 @@ def delete_present(query) -> None:
         query.delete_quick()
 
 
-def replace_row(table: type, key: Mapping[str, Any], row: Mapping[str, Any], connection) -> None:
-    """Write ``row`` as the one row of ``key`` in ``table`` (replacing an earlier one), in one transaction."""
+def replace_row(
+    table: type,
+    key: Mapping[str, Any],
+    row: Mapping[str, Any],
+    connection,
+    guard: Callable[[], None] | None = None,
+) -> None:
+    """Write ``row`` as the one row of ``key`` in ``table`` (replacing an earlier one), in one transaction.
+
+    ``guard`` runs first inside the transaction; what it raises cancels the write.
+    """
     with connection.transaction:
+        if guard is not None:
+            guard()
         delete_present(table() & dict(key))
         table().insert1(dict(row))
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from . import _dj_compat
 from .connection import backend_of
+from .leases import expire_leases
 from .stopping import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
@@ -39,31 +40,14 @@ def live_connection_ids(conn) -> set[int]:
 
 
 def release_orphaned_jobs(tables: Iterable, conn) -> int:
-    """Re-pend reserved jobs of ``tables`` whose database connection no longer exists (their worker died).
+    """Re-pend reserved jobs of ``tables`` whose worker stopped renewing its lease (it died or hung).
 
-    A job's ``connection_id`` is the reserving session's id (MySQL ``CONNECTION_ID()``, PostgreSQL
-    backend pid); a worker that was killed loses its connection, so its reservation is orphaned.
-    Live workers' reservations are left alone whatever their age.
+    A job is orphaned when its heartbeat (``reserved_time``, renewed by the worker that holds it) is
+    older than ``SYSID_LEASE_SECONDS`` by the server's clock (:func:`schemas.leases.expire_leases`).
+    Live workers' jobs are left alone whoever runs the sweep: no process list, connection id or
+    ``PROCESS`` privilege is involved.
 
     Returns:
         The number of jobs put back into the queue.
     """
-    live = live_connection_ids(conn)
-    count = 0
-    for table in tables:
-        if not _dj_compat.jobs_declared(table):
-            continue
-        for row in _dj_compat.job_rows(table, "reserved"):
-            if int(row["connection_id"]) in live:
-                continue
-            key = _dj_compat.job_key(table, row)
-            _dj_compat.repend_job(table, key, priority=row["priority"])
-            count += 1
-            logger.info(
-                "re-pended orphaned job %s of %s (host %s, pid %s)",
-                key,
-                type(table).__name__,
-                row["host"],
-                row["pid"],
-            )
-    return count
+    return expire_leases(tables, conn)

@@ -67,6 +67,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SYSID_HOME", "the user data folder", "the embedded server's data live in `$SYSID_HOME/pgdata`", "schemas.embedded"),
     Variable("SYSID_CACHE_DIR", "the user cache folder", "consolidated dataset cache", "pipeline.data.cache"),
     Variable("SYSID_CHECKPOINT_EVERY", "1", "a running training saves a resumable checkpoint every N epochs", "schemas.training"),
+    Variable("SYSID_LEASE_SECONDS", "180", "a reserved job whose worker has not renewed its lease (heartbeat every fifth of this, server clock) for this long is re-pended by any worker", "schemas.leases"),
     Variable("SYSID_FABRIKANT", "the `Fabrikant` of the database user, else the OS user", "who registers configs (the default `Fabrikant` row)", "schemas.configs"),
     Variable("SYSID_EMAIL", "`user@host`", "the default fabrikant's e-mail", "schemas.configs"),
     Variable("SYSID_AFFILIATION", "empty", "the default fabrikant's affiliation", "schemas.configs"),
@@ -74,6 +75,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SYSID_ALLOWED_FN_PREFIXES", "none: only `pipeline.*` (and the sensorium/neuralpredictors paths that map to it)", "more module prefixes whose functions configs may name, comma-separated (e.g. `mylab.models,mylab.data`); registration and workers refuse every other function", "pipeline.builder, schemas.configs, workers"),
     Variable("SYSID_DEBUG", "off", "`1`: CLI errors show their traceback", "sysid.cli"),
     Variable("SYSID_DATA_DIR", "`./data`", "host folder mounted read-only at `/data` in the containers", "docker-compose.yml"),
+    Variable("SYSID_WORKERS_PER_GPU", "1", "worker processes per GPU of the compose `worker` service (`sysid worker --gpus all --per-gpu N`)", "docker-compose.yml"),
     Variable("MYSQL_ROOT_PASSWORD", "required in `.env`", "the MySQL server's root password", "docker-compose.yml"),
     Variable("DB_PORT", "3306", "host port of the MySQL container, for SQL clients", "docker-compose.yml"),
 )  # fmt: skip
@@ -119,6 +121,8 @@ class Settings:
         home: ``SYSID_HOME`` (None: the user data folder).
         cache_dir: ``SYSID_CACHE_DIR`` (None: the user cache folder; read by ``pipeline.data.cache``).
         checkpoint_every: ``SYSID_CHECKPOINT_EVERY`` (>= 1).
+        lease_seconds: ``SYSID_LEASE_SECONDS`` (> 0): how long a reserved job survives without a
+            heartbeat (see :mod:`schemas.leases`).
         fabrikant, email, affiliation: ``SYSID_FABRIKANT``, ``SYSID_EMAIL``, ``SYSID_AFFILIATION``.
         git_commit: ``SYSID_GIT_COMMIT``.
         debug: ``SYSID_DEBUG``.
@@ -136,6 +140,7 @@ class Settings:
     home: Path | None = None
     cache_dir: Path | None = None
     checkpoint_every: int = 1
+    lease_seconds: float = 180.0
     fabrikant: str | None = None
     email: str | None = None
     affiliation: str | None = None
@@ -190,6 +195,7 @@ class Settings:
             checkpoint_every=_positive_int(
                 "SYSID_CHECKPOINT_EVERY", env.get("SYSID_CHECKPOINT_EVERY") or "1"
             ),
+            lease_seconds=_positive_seconds("SYSID_LEASE_SECONDS", env.get("SYSID_LEASE_SECONDS") or "180"),
             fabrikant=text("SYSID_FABRIKANT"),
             email=text("SYSID_EMAIL"),
             affiliation=text("SYSID_AFFILIATION"),
@@ -256,6 +262,16 @@ def _fn_prefixes(env: Mapping[str, str]) -> tuple[str, ...]:
         return allowed_fn_prefixes(env)
     except ValueError as error:
         raise SettingsError(str(error)) from None
+
+
+def _positive_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def _flag(name: str, raw: str) -> bool:

@@ -34,10 +34,11 @@ import datajoint as dj
 from pipeline import builder
 from pipeline.contracts import finite_or_none
 
-from . import job_events, state_io
+from . import _dj_compat, job_events, leases, state_io
 from .hybrid import hybridmethod
 from .model_loading import TrainingJob, dataloader_flag, rebuild_model, state_from_row
 from .progress import ProgressRecorder, delete_present, latest_checkpoint
+from .reconnect import retry_transient
 from .requeue import release_interrupted_jobs
 from .run_info import DEGENERATE_COMMENT, degenerate_check, run_info
 from .settings import current_settings
@@ -139,6 +140,8 @@ class TrainingTable:
     progress_table: ClassVar[type]
     checkpoint_table: ClassVar[type]
     timestamp_column: ClassVar[str] = "trainedmodel_ts"
+    #: the jobs table with leases (:mod:`schemas.leases`), also when populate is called directly
+    jobs = _dj_compat.jobs_descriptor(leases.LeasedJob)
 
     # ------------------------------------------------------------------------------------------
     # hooks
@@ -170,12 +173,14 @@ class TrainingTable:
         _require_store(_model_nbytes(model))
         trainer = builder.get_trainer(job.trainer_fn, job.trainer_config)
         resume_state, resumed_from = latest_checkpoint(self.checkpoint_table, key)
+        # every write of the run first checks, under a row lock, that the job is still ours
         callback = ProgressRecorder(
             key,
             self.connection,
             every=current_settings().checkpoint_every,
             progress_table=self.progress_table,
             checkpoint_table=self.checkpoint_table,
+            guard=lambda: leases.guard(self, key, lock=True),
         )
         kwargs: dict[str, Any] = {"uid": dict(key), "cb": callback}
         if resume_state is not None:
@@ -185,6 +190,8 @@ class TrainingTable:
             score, output, state_dict = trainer(model, dataloaders, job.seed, **kwargs)
         if stop_requested():
             raise TrainingInterrupted(f"stop requested; checkpoint saved after epoch {callback.last_epoch}")
+        # the insert follows in DataJoint's transaction: have a live connection and the lease first
+        retry_transient(lambda: leases.guard(self, key), self.connection, what="checking the job's lease")
         score = finite_or_none(score)
         if score is None:
             raise ValueError("the trainer returned no finite score")
@@ -203,6 +210,7 @@ class TrainingTable:
     def make_insert(self, key, score, output, state, meta):
         """Insert the master row (and the large-state part) and drop the checkpoint, in one transaction."""
         key = primary_key(self, key)
+        leases.guard(self, key, lock=True)  # the job row stays locked until the insert commits
         nbytes = state_io.state_nbytes(state)
         _require_store(nbytes)
         inline = nbytes <= INLINE_STATE_LIMIT
@@ -236,6 +244,8 @@ class TrainingTable:
             release_interrupted_jobs(self)
             logger.info("populate stopped: %s", stop)
             return {"success_count": 0, "error_list": [], "interrupted": True}
+        finally:
+            leases.release_held(self)  # a job populate could not close goes back to the queue
         release_interrupted_jobs(self)
         return result
 

@@ -169,12 +169,27 @@ def status_group(
     from rich.console import Group
     from rich.text import Text
 
-    if running.empty:
-        jobs = Text("running jobs: none")
+    parts = [dataframe_table(job_status, title=title)]
+    # a job whose worker stopped renewing its lease is not running (schemas.leases)
+    dead = running["lease"] == "expired" if "lease" in running else pd.Series(False, index=running.index)
+    alive = running[~dead]
+    if alive.empty:
+        parts.append(Text("running jobs: none"))
     else:
-        running = compact_keys(running).drop(columns=["connection_id"], errors="ignore")
-        jobs = dataframe_table(running, title="running jobs")
-    parts = [dataframe_table(job_status, title=title), jobs]
+        parts.append(dataframe_table(compact_keys(alive), title="running jobs"))
+        if "lease" in alive and (alive["lease"] != "alive").any():
+            parts.append(
+                Text(
+                    "lease 'late'/'unknown': no recent heartbeat; cannot tell yet whether the worker is alive"
+                )
+            )
+    if dead.any():
+        parts.append(
+            dataframe_table(
+                compact_keys(running[dead]),
+                title="reserved by workers presumed dead (lease expired; the next worker's sweep re-pends them)",
+            )
+        )
     if degenerate is not None and not degenerate.empty:
         parts.append(
             Text(

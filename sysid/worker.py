@@ -6,7 +6,10 @@ pending key per table, so no key is trained twice. Run one worker process per GP
 (``sysid worker --device cuda:0``, ``sysid worker --device cuda:1`` ...).
 
 SIGTERM or Ctrl-C asks the running training to stop: it saves a checkpoint at the end of the
-current epoch and releases its job, which another worker then resumes; the worker exits 0.
+current epoch and releases its job, which another worker then resumes; the worker exits 0. So does
+reaching ``max_runtime`` (a batch system's time limit), and ``max_idle`` empty polls end a worker
+that has nothing left to do. Database calls that fail and jobs that fail for a passing reason (a
+lost connection, a deadlock: :mod:`sysid.retry`) are retried a bounded number of times.
 
 Each job's start and end are logged by the tables' own make steps (:mod:`schemas.job_events`).
 This module imports no database code at import time: ``sysid worker`` blocks its stop signals
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-import random
+import platform
 import re
 import signal
 import threading
@@ -26,11 +29,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .retry import RetryBudget, backoff_seconds, is_transient
+
 __all__ = [
     "StopSignal",
     "WorkerOptions",
     "configure_device",
     "limit_cpu_threads",
+    "parse_duration",
     "request_stop_from_signal",
     "run_worker",
 ]
@@ -39,6 +45,46 @@ log = logging.getLogger("sysid.worker")
 
 #: a worker gives up after this many database failures in a row
 MAX_CONSECUTIVE_FAILURES = 5
+#: a job that failed for a passing reason (lost connection, deadlock) is re-pended at most this often
+#: by one worker
+MAX_TRANSIENT_RETRIES = 3
+
+_DURATION = re.compile(
+    r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?"
+)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration: ``"90"`` / ``"90s"``, ``"45m"``, ``"2h30m"``, ``"1d"`` or ``"[D-]HH:MM:SS"``.
+
+    The ``[D-]HH:MM:SS`` and ``MM:SS`` forms are SLURM's ``--time`` formats.
+
+    Raises:
+        ValueError: the text is none of these forms, or the duration is not positive.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        value = str(text).strip().lower()
+        seconds = None
+        clock = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))(?::(\d+))?", value)
+        if clock:
+            days, first, second, third = clock.groups()
+            if third is None:  # MM:SS, or D-HH:MM
+                parts = (int(first), int(second), 0) if days else (0, int(first), int(second))
+            else:
+                parts = (int(first), int(second), int(third))
+            seconds = int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+        elif value and (match := _DURATION.fullmatch(value)) and any(match.groups()):
+            d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            seconds = d * 86400 + h * 3600 + m * 60 + s
+        if seconds is None:
+            raise ValueError(
+                f"invalid duration {text!r}: use seconds (90, 90s), 45m, 2h30m, 1d or [D-]HH:MM:SS"
+            )
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return seconds
 
 
 @dataclass
@@ -53,6 +99,12 @@ class WorkerOptions:
         sleep: seconds to wait between polls when idle (ignored with ``once``).
         threads: torch CPU threads for this process (None: leave torch's default).
         clear_interval: seconds between sweeps for reservations left by dead workers.
+        max_runtime: seconds after which the worker stops as on SIGTERM (the running training
+            checkpoints at its epoch end and releases its job); None: no limit.
+        max_idle: exit after this many polls in a row that found no job (None: never; ``once`` is
+            ``max_idle=1``).
+        transient_retries: how often this worker re-pends a job that failed for a passing reason.
+        tag: a label for the log lines (e.g. the SLURM job and array task, or a supervisor's slot).
     """
 
     device: str = "auto"
@@ -62,8 +114,18 @@ class WorkerOptions:
     sleep: float = 30.0
     threads: int | None = None
     clear_interval: float = 300.0
+    max_runtime: float | None = None
+    max_idle: int | None = None
+    transient_retries: int = MAX_TRANSIENT_RETRIES
+    tag: str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_runtime is not None and self.max_runtime <= 0:
+            raise ValueError(f"max_runtime must be > 0 seconds, got {self.max_runtime}")
+        if self.max_idle is not None and self.max_idle < 1:
+            raise ValueError(f"max_idle must be >= 1, got {self.max_idle}")
+        if self.transient_retries < 0:
+            raise ValueError(f"transient_retries must be >= 0, got {self.transient_retries}")
         if self.max_jobs is not None and self.max_jobs < 1:
             raise ValueError(f"max_jobs must be >= 1, got {self.max_jobs}")
         if self.sleep < 0:
@@ -232,6 +294,7 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
     Returns:
         The number of keys this worker computed (successes and recorded errors).
     """
+    started = time.monotonic()
     if stop is None:
         stop = StopSignal(lambda signum: request_stop_from_signal(schemas, signum))
     device = configure_device(options.device)
@@ -243,70 +306,98 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
         schemas = activate()
     _STATE["schemas"] = schemas
     restriction = _restriction(schemas, options.restrict)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     log.info(
-        "worker started on %s (pid %d, device %s%s)",
+        "worker started on %s (pid %d, device %s%s%s%s)",
         _hostname(),
         os.getpid(),
         device,
+        f", CUDA_VISIBLE_DEVICES={visible}" if visible is not None and options.device != "cpu" else "",
         f", experiment {options.restrict!r}" if options.restrict else "",
+        f", {options.tag}" if options.tag else "",
     )
+    deadline = _Deadline(options.max_runtime, started, schemas, stop)
     last_clear = -float("inf")
     done = trained = 0
-    failures = 0
+    failures = idle_polls = 0
+    transient = RetryBudget(options.transient_retries)
 
     def stopping() -> bool:
         # the schemas layer may have received the stop request itself (e.g. its own handler)
-        return stop.stopping or bool(schemas.stop_requested())
+        return stop.stopping or deadline.reached or bool(schemas.stop_requested())
 
-    while not stopping():
-        try:
-            if time.monotonic() - last_clear >= options.clear_interval:
-                cleared = schemas.clear_orphaned_reservations()
-                if cleared:
-                    log.info("released %d job(s) reserved by workers that are gone", cleared)
-                last_clear = time.monotonic()
-            result = schemas.populate_all(
-                restriction=restriction, reserve_jobs=True, max_calls=1, suppress_errors=True
-            )
-        except Exception as err:  # the database, not a model: errors in make() are recorded, not raised
-            failures += 1
-            if failures > MAX_CONSECUTIVE_FAILURES:
-                raise
-            # workers that start together race to create DataJoint's job tables, and servers
-            # restart: retry after a randomised back-off instead of dying
-            wait = min(2.0**failures, 30.0) * random.uniform(0.5, 1.5)
-            log.warning(
-                "database call failed (%s: %s); retry %d/%d in %.1f s",
-                type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "",
-                failures,
-                MAX_CONSECUTIVE_FAILURES,
-                wait,
-            )
-            stop.event.wait(wait)
-            continue
-        failures = 0
-        calls = _calls_done(result)
-        done += calls
-        # --max-jobs counts trained models (scoring a model is part of its job)
-        trained += _calls_done(result.get("TrainedModel")) if isinstance(result, Mapping) else calls
-        if stopping():
-            break
-        if options.max_jobs is not None and trained >= options.max_jobs:
-            log.info("reached --max-jobs %d", options.max_jobs)
-            break
-        if calls:
-            continue
-        if options.once:
-            pending = _pending(schemas)
-            log.info(
-                "nothing left to do%s; exiting",
-                f" ({pending} job(s) reserved by other workers or scheduled later)" if pending > 0 else "",
-            )
-            break
-        log.debug("idle: sleeping %.0f s", options.sleep)
-        stop.event.wait(options.sleep)
-    if stopping():
+    def nap(seconds: float) -> None:
+        # wakes at once on a signal, within a second at the deadline
+        end = time.monotonic() + seconds
+        while not stopping() and (left := end - time.monotonic()) > 0:
+            stop.event.wait(min(left, 1.0))
+
+    try:
+        while not stopping():
+            try:
+                if time.monotonic() - last_clear >= options.clear_interval:
+                    cleared = schemas.clear_orphaned_reservations()
+                    if cleared:
+                        log.info("released %d job(s) reserved by workers that are gone", cleared)
+                    last_clear = time.monotonic()
+                result = schemas.populate_all(
+                    restriction=restriction, reserve_jobs=True, max_calls=1, suppress_errors=True
+                )
+                retried = _retry_transient_errors(result, transient)
+            except Exception as err:  # the database, not a model: errors in make() are recorded, not raised
+                failures += 1
+                if failures > MAX_CONSECUTIVE_FAILURES:
+                    raise
+                # workers that start together race to create DataJoint's job tables, and servers
+                # restart: retry after a randomised back-off instead of dying
+                wait = backoff_seconds(failures)
+                log.warning(
+                    "database call failed (%s: %s); retry %d/%d in %.1f s",
+                    type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "",
+                    failures,
+                    MAX_CONSECUTIVE_FAILURES,
+                    wait,
+                )
+                nap(wait)
+                schemas.recover_connection(err)  # a dropped connection is reopened before the retry
+                continue
+            failures = 0
+            calls = _calls_done(result)
+            done += calls
+            # --max-jobs counts trained models (scoring a model is part of its job)
+            trained += _calls_done(result.get("TrainedModel")) if isinstance(result, Mapping) else calls
+            if stopping():
+                break
+            if options.max_jobs is not None and trained >= options.max_jobs:
+                log.info("reached --max-jobs %d", options.max_jobs)
+                break
+            if calls or retried:
+                idle_polls = 0
+                continue
+            idle_polls += 1
+            if options.once or (options.max_idle is not None and idle_polls >= options.max_idle):
+                pending = _pending(schemas)
+                log.info(
+                    "nothing left to do%s%s; exiting",
+                    "" if options.once else f" after {idle_polls} empty poll(s)",
+                    f" ({pending} job(s) reserved by other workers or scheduled later)"
+                    if pending > 0
+                    else "",
+                )
+                break
+            log.debug("idle: sleeping %.0f s", options.sleep)
+            nap(options.sleep)
+    finally:
+        deadline.cancel()
+    if deadline.reached:
+        log.info(
+            "reached --max-runtime %.0f s after %d job(s); the interrupted job (if any) was "
+            "checkpointed and released",
+            options.max_runtime,
+            done,
+        )
+    elif stopping():
         log.info(
             "stopped by signal after %d job(s); the interrupted job (if any) was checkpointed and released",
             done,
@@ -314,6 +405,88 @@ def run_worker(options: WorkerOptions, schemas: Any | None = None, stop: StopSig
     else:
         log.info("worker finished: %d job(s)", done)
     return done
+
+
+class _Deadline:
+    """Asks the running training to stop (as SIGTERM does) when ``max_runtime`` seconds have passed."""
+
+    def __init__(self, max_runtime: float | None, started: float, schemas: Any, stop: StopSignal):
+        self.reached = False
+        self._timer: threading.Timer | None = None
+        if max_runtime is None:
+            return
+        self._schemas, self._stop = schemas, stop
+        remaining = max(0.0, started + max_runtime - time.monotonic())
+        self._timer = threading.Timer(remaining, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        if self._stop.stopping:
+            return
+        log.warning(
+            "--max-runtime reached: finishing the current epoch, saving a checkpoint and releasing the job"
+        )
+        self.reached = True
+        # not the signal event: a scheduler's SIGTERM after this must still count as the first signal
+        # (a second one exits at once, without waiting for the checkpoint); idle naps wake within 1 s
+        self._schemas.request_stop()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _retry_transient_errors(result: Any, budget: RetryBudget) -> int:
+    """Re-pend the jobs that this populate call recorded as failed for a passing reason.
+
+    A lost connection or a deadlock while storing a model is recorded as the job's error like a
+    bug in the model would be; those jobs go back into the queue (each at most ``budget.limit``
+    times from this worker), the others stay for ``sysid errors``.
+
+    Returns:
+        The number of jobs re-pended.
+    """
+    if not isinstance(result, Mapping):
+        return 0
+    failed = {name: entry.get("error_list") for name, entry in result.items() if isinstance(entry, Mapping)}
+    if not any(failed.values()):
+        return 0
+    from schemas import _dj_compat
+    from schemas.jobs import computed_tables
+
+    tables = computed_tables()
+    count = 0
+    for name, errors in failed.items():
+        if not errors or name not in tables:
+            continue
+        table = tables[name]
+        mine = {"host": platform.node(), "pid": os.getpid()}  # as DataJoint records a reservation
+        for row in _dj_compat.job_rows(table, "error", mine):
+            key = _dj_compat.job_key(table, row)
+            if not is_transient(row.get("error_message")):
+                continue
+            subject = (name, tuple(sorted(key.items())))
+            if not budget.allow(subject):
+                log.warning(
+                    "job %s of %s failed again (%s); left as an error after %d retries",
+                    key,
+                    name,
+                    row.get("error_message"),
+                    budget.limit,
+                )
+                continue
+            _dj_compat.repend_job(table, key, priority=row.get("priority"))
+            count += 1
+            log.warning(
+                "job %s of %s failed for a passing reason (%s); re-pended (retry %d/%d)",
+                key,
+                name,
+                row.get("error_message"),
+                budget.used(subject),
+                budget.limit,
+            )
+    return count
 
 
 # the activated schemas package, for the signal thread (it may fire before activation finished)

@@ -66,6 +66,10 @@ def _delete_everything() -> None:
         if table.jobs.is_declared:
             table.jobs.delete_quick()
     ordered = [
+        schemas.TrialOutcome,
+        schemas.SearchTrial.Run,
+        schemas.SearchTrial,
+        schemas.Study,
         schemas.MEI.Unit,
         schemas.MEI,
         schemas.EnsembleScore.Unit,

@@ -23,7 +23,7 @@ from tests.fixtures_db import quiet_datajoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["db", "db start", "db stop", "db status", "db url", "register", "worker", "status", "errors"]
-COMMANDS += ["results", "report", "demo", "ensemble", "ensemble create", "ensemble list"]
+COMMANDS += ["results", "report", "demo", "ensemble", "ensemble create", "ensemble list", "slurm"]
 PNG_NAMES = {"learning_curves.png", "correlation_hist.png", "rf_positions.png", "correlation_vs_oracle.png"}
 
 

@@ -40,13 +40,16 @@ def test_db_service_is_mysql_84_configured_for_datajoint(compose):
     assert any(v.startswith("db-data:") for v in db["volumes"]) and "db-data" in compose["volumes"]
 
 
-def test_worker_waits_for_a_healthy_db_and_reserves_a_gpu(compose):
+def test_worker_waits_for_a_healthy_db_and_uses_every_gpu(compose):
     worker = compose["services"]["worker"]
     assert worker["depends_on"]["db"]["condition"] == "service_healthy"
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert "container_name" not in worker  # a fixed name would prevent --scale worker=N
-    assert worker["command"][0] == "worker"
+    # one supervised worker process per GPU the container sees
+    command = worker["command"]
+    assert command[:3] == ["worker", "--gpus", "all"]
+    assert command[command.index("--per-gpu") + 1] == "${SYSID_WORKERS_PER_GPU:-1}"
     env = worker["environment"]
     assert env["DJ_HOST"] == "db"
     assert '"models"' in env["DJ_STORES"]
@@ -124,3 +127,31 @@ def test_docker_compose_config_validates(tmp_path):
         env=env,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_cpu_override_drops_the_gpu_reservation():
+    class Loader(yaml.SafeLoader):
+        pass
+
+    # Compose's `!reset` tag (Compose >= 2.18) removes the base file's value when merging
+    Loader.add_constructor("!reset", lambda loader, node: ("!reset", loader.construct_mapping(node)))
+    override = yaml.load((ROOT / "docker-compose.cpu.yml").read_text(), Loader=Loader)
+    worker = override["services"]["worker"]
+    assert worker["deploy"] == ("!reset", {})
+    assert worker["command"][:3] == ["worker", "--device", "cpu"] and "--gpus" not in worker["command"]
+
+
+def test_docker_compose_cpu_override_validates(tmp_path):
+    command = _compose_command()
+    if command != ["docker", "compose"]:
+        pytest.skip("the `!reset` merge tag needs the docker compose plugin (Compose >= 2.18)")
+    env_file = tmp_path / ".env"
+    env_file.write_text("MYSQL_ROOT_PASSWORD=x\nDJ_USER=u\nDJ_PASS=p\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJ_", "MYSQL_", "SYSID_"))}
+    files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "docker-compose.cpu.yml")]
+    result = subprocess.run(
+        [*command, "--env-file", str(env_file), *files, "config"], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]["worker"]
+    assert "deploy" not in merged or not merged["deploy"].get("resources")

@@ -184,10 +184,13 @@ def test_sigterm_checkpoints_releases_job_and_resume_continues(empty_db, worker_
     assert [p["epoch"] for p in (TrainingProgress() & key).to_dicts(order_by="epoch")] == list(range(1, 7))
 
 
-def test_killed_worker_is_cleared_and_resumed_from_checkpoint(empty_db, worker_env):
+def test_killed_worker_is_cleared_and_resumed_from_checkpoint(empty_db, worker_env, monkeypatch):
     import schemas
     from schemas import Checkpoint, TrainedModel
 
+    # a short lease: the killed worker's heartbeat stops and its job expires within seconds
+    monkeypatch.setenv("SYSID_LEASE_SECONDS", "2")
+    worker_env["SYSID_LEASE_SECONDS"] = "2"
     key = {**_register({"epochs": 5, "sleep": 0.3}), "seed": 1}
     worker = start_worker(worker_env)
     assert _wait_for(lambda: len(Checkpoint() & key) == 1), "no checkpoint appeared"
@@ -195,7 +198,6 @@ def test_killed_worker_is_cleared_and_resumed_from_checkpoint(empty_db, worker_e
     worker.communicate(timeout=30)
     assert schemas.job_status().loc["TrainedModel", "reserved"] == 1
     cleared = []
-    # the server notices the dropped connection almost at once; poll briefly
     assert _wait_for(
         lambda: cleared.append(schemas.clear_orphaned_reservations()) or sum(cleared) == 1, timeout=20
     )

@@ -159,3 +159,37 @@ def toy_stopping_trainer(
         return cb(record) if cb is not None else None
 
     return toy_trainer(model, dataloaders, seed, uid=uid, cb=callback, resume_state=resume_state, **config)
+
+
+def toy_flaky_trainer(model, dataloaders, seed, uid=None, cb=None, resume_state=None, marker="", **config):
+    """:func:`toy_trainer` that first fails as a lost database connection would, once per ``marker`` file.
+
+    The first call creates the file ``marker`` and raises; later calls train normally.
+    """
+    from pathlib import Path
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise ConnectionError("(2013, 'Lost connection to MySQL server during query')")
+    return toy_trainer(model, dataloaders, seed, uid=uid, cb=cb, resume_state=resume_state, **config)
+
+
+def toy_hijacked_trainer(
+    model, dataloaders, seed, uid=None, cb=None, resume_state=None, hijack_at_epoch=1, **config
+):
+    """:func:`toy_trainer` whose job is taken over by "another worker" after ``hijack_at_epoch``.
+
+    At that epoch the job row is rewritten as reserved by host ``another-host``, pid 1 (what a
+    sweep that re-pended the job and a second worker's reservation leave), before the callback runs.
+    """
+    import schemas
+
+    def callback(record):
+        if record.epoch == hijack_at_epoch:
+            jobs = schemas.TrainedModel().jobs
+            key = {name: uid[name] for name in jobs.primary_key}
+            jobs.update1({**key, "host": "another-host", "pid": 1})
+        return cb(record) if cb is not None else None
+
+    return toy_trainer(model, dataloaders, seed, uid=uid, cb=callback, resume_state=resume_state, **config)
