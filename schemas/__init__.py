@@ -84,6 +84,7 @@ _EXPORTS = {
     "NEURON_VIEW": "views",
     "Settings": "settings",
     "current_settings": "settings",
+    "degenerate_models": "model_health",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -101,6 +102,7 @@ _SUBMODULES = {
     "leases",
     "jobs",
     "mei_tables",
+    "model_health",
     "model_loading",
     "model_neurons",
     "neuron_scores",

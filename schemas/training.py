@@ -40,7 +40,7 @@ from .model_loading import TrainingJob, dataloader_flag, rebuild_model, state_fr
 from .progress import ProgressRecorder, delete_present, latest_checkpoint
 from .reconnect import retry_transient
 from .requeue import release_interrupted_jobs
-from .run_info import run_info
+from .run_info import DEGENERATE_COMMENT, degenerate_check, run_info
 from .settings import current_settings
 from .stopping import TrainingInterrupted, sigterm_requests_stop, stop_requested
 
@@ -204,7 +204,12 @@ class TrainingTable:
         if resumed_from is not None:
             output["resumed_from_epoch"] = resumed_from
         state = state_io.state_to_numpy(state_dict)
-        return score, output, state, run_info(model, output, time.time() - started)
+        meta = run_info(model, output, time.time() - started)
+        if degenerate_check(model, dataloaders):  # e.g. lr_init: 1e6 -> one output for every image
+            output["degenerate"] = True
+            meta["comment"] = DEGENERATE_COMMENT
+            logger.warning("%s %s: %s", type(self).__name__, job_events.describe_key(key), DEGENERATE_COMMENT)
+        return score, output, state, meta
 
     @job_events.insert_step
     def make_insert(self, key, score, output, state, meta):

@@ -1002,6 +1002,7 @@ def status(watch: float | None) -> None:
             schemas.job_status(),
             schemas.running_jobs(),
             title=f"pipeline status  {time.strftime('%H:%M:%S')}",
+            degenerate=schemas.degenerate_models(),
         )
 
     console = _console()
@@ -1033,6 +1034,10 @@ _ERROR_COLUMNS = ("table", "error_message", "host", "pid", "completed_time")
 def errors(retry: bool, ignore: bool, table: str | None) -> None:
     """List failed jobs with their error messages; optionally retry or ignore them.
 
+    Trained models flagged degenerate (constant predictions on the validation tier, e.g. from a
+    far too large lr_init) are listed below the failed jobs; --retry/--ignore do not touch them
+    (delete them from the table to train them again).
+
     \b
     Examples:
       sysid errors
@@ -1047,14 +1052,27 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
     failed = schemas.errors(table)
     console = _console()
     shown = compact_keys(failed)
+    # key columns no failed job has (model, trainer, seed when only DataInfo failed) are left out
     columns = [
-        c for c in shown.columns if c in _ERROR_COLUMNS or c in ("dataset", "model", "trainer", "seed")
+        c
+        for c in shown.columns
+        if c in _ERROR_COLUMNS or (c in ("dataset", "model", "trainer", "seed") and shown[c].notna().any())
     ]
     console.print(
         dataframe_table(
             shown, title="failed jobs", empty="(no errors)", columns=columns, max_chars=400, wrap=True
         )
     )
+    degenerate = schemas.degenerate_models()
+    if not degenerate.empty and table in (None, *degenerate["table"]):
+        console.print(
+            dataframe_table(
+                compact_keys(degenerate),
+                title="trained but degenerate (constant predictions on the validation tier)",
+                max_chars=400,
+                wrap=True,
+            )
+        )
     if failed.empty:
         return
     if retry:
@@ -1072,7 +1090,11 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
 @click.option("--sort", "sort_by", default=None, metavar="COL", help="Column to sort by (default: score).")
 @click.option("--ascending", is_flag=True, help="Sort ascending (default: descending, best first).")
 @click.option(
-    "--filter", "filter_expr", default=None, metavar="EXPR", help='pandas query, e.g. "score > 0.2".'
+    "--filter",
+    "filter_expr",
+    default=None,
+    metavar="EXPR",
+    help='Comparisons of columns with literals joined by and/or/not, e.g. "score > 0.2 and seed in [1, 2]" (never run as Python).',
 )
 @click.option(
     "--csv",
@@ -1113,6 +1135,10 @@ def results(
       sysid results --filter "score > 0.2 and seed == 1"
       sysid results --filter "`model.layers` == 2" --csv results.csv
       sysid results --transferred --sort test_correlation
+
+    \b
+    --filter accepts column names (dotted names in backticks), literals (numbers, 'text', True,
+    False, None), ==, !=, <, <=, >, >=, in [...], not in [...], and, or, not; nothing else.
     """
     from .results import results_table, select_rows
 

@@ -24,6 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config_types import (
+    LearningRate,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+)
 from pipeline.contracts import is_tier_dict, resolve_device, tier_loaders
 from pipeline.measures import get_correlations, get_poisson_loss
 from pipeline.training.cpu_memory import reuse_freed_memory
@@ -101,24 +109,24 @@ def standard_trainer(
     loss_accum_batch_n: int | None = None,
     device: str | torch.device = "cuda",
     verbose: bool = True,
-    interval: int = 1,
-    patience: int = 5,
-    epoch: int = 0,
-    lr_init: float = 0.005,
-    max_iter: int = 200,
+    interval: PositiveInt = 1,
+    patience: NonNegativeInt = 5,
+    epoch: NonNegativeInt = 0,
+    lr_init: LearningRate = 0.005,
+    max_iter: PositiveInt = 200,
     maximize: bool = True,
-    tolerance: float = 1e-6,
+    tolerance: NonNegativeFloat = 1e-6,
     restore_best: bool = True,
-    lr_decay_steps: int = 3,
-    lr_decay_factor: float = 0.3,
-    min_lr: float = 0.0001,
+    lr_decay_steps: PositiveInt = 3,
+    lr_decay_factor: UnitInterval = 0.3,
+    min_lr: NonNegativeFloat = 0.0001,
     track_training: bool = False,
     return_test_score: bool = False,
     detach_core: bool = False,
     progress: bool = True,
     amp: str | None = None,
     compile: bool = False,
-    max_seconds: float | None = None,
+    max_seconds: PositiveFloat | None = None,
     reuse_cpu_memory: bool = True,
 ) -> tuple[float, dict[str, Any], dict[str, torch.Tensor]]:
     """Train ``model`` with Adam, a Poisson loss, LR decay on plateaus and early stopping.
