@@ -19,13 +19,20 @@ import importlib
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "ALLOWED_FN_PREFIXES_VARIABLE",
+    "BUILTIN_FN_PREFIXES",
     "FRAMEWORK_ARGUMENTS",
     "MODULE_ALIASES",
+    "FunctionNotAllowed",
     "accepts_argument",
+    "allowed_fn_prefixes",
+    "parse_fn_prefixes",
     "canonical_config",
     "config_hash",
     "get_all_parts",
@@ -59,28 +66,101 @@ FRAMEWORK_ARGUMENTS: dict[str, frozenset[str]] = {
 
 _HASH_LENGTH = 32
 
+#: modules whose functions may always be named by a dotted path (the Sinz-lab aliases of
+#: :data:`MODULE_ALIASES` resolve into these)
+BUILTIN_FN_PREFIXES: tuple[str, ...] = ("pipeline",)
+#: the environment variable through which a lab allows more module prefixes (comma-separated)
+ALLOWED_FN_PREFIXES_VARIABLE = "SYSID_ALLOWED_FN_PREFIXES"
+_MODULE_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
-def resolve_fn(dotted_path: str | Callable) -> Callable:
+
+class FunctionNotAllowed(ValueError):
+    """A dotted path names a function outside the allowed module prefixes (see :func:`resolve_fn`)."""
+
+
+def parse_fn_prefixes(raw: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Parse module prefixes (``"mylab.models, tests"``) into a tuple of module names.
+
+    A prefix allows the module of that name and every module below it (``mylab`` allows
+    ``mylab.models.x`` but not ``mylab2``); a trailing dot is ignored.
+
+    Raises:
+        ValueError: an entry that is not a dotted module name (wildcards are not supported).
+    """
+    if raw is None:
+        return ()
+    items = raw.replace(",", " ").split() if isinstance(raw, str) else list(raw)
+    prefixes = []
+    for item in items:
+        name = str(item).strip().rstrip(".")
+        if not _MODULE_PREFIX.match(name):
+            raise ValueError(
+                f"allowed function prefix {item!r} is not a dotted module name like 'mylab.models'"
+            )
+        if name not in prefixes:
+            prefixes.append(name)
+    return tuple(prefixes)
+
+
+def allowed_fn_prefixes(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The module prefixes whose functions may be resolved: ``pipeline`` plus ``$SYSID_ALLOWED_FN_PREFIXES``.
+
+    Read at every call (cheap), so a changed environment is seen at once. ``schemas.Settings``
+    holds the same value (``allowed_fn_prefixes``).
+    """
+    env = os.environ if environ is None else environ
+    try:
+        extra = parse_fn_prefixes(env.get(ALLOWED_FN_PREFIXES_VARIABLE))
+    except ValueError as error:
+        raise ValueError(f"{ALLOWED_FN_PREFIXES_VARIABLE}: {error}") from None
+    return BUILTIN_FN_PREFIXES + tuple(p for p in extra if p not in BUILTIN_FN_PREFIXES)
+
+
+def _module_allowed(module_name: str, prefixes: Iterable[str]) -> bool:
+    return any(module_name == p or module_name.startswith(p + ".") for p in prefixes)
+
+
+def _not_allowed(dotted_path: str, prefixes: tuple[str, ...], why: str = "") -> FunctionNotAllowed:
+    return FunctionNotAllowed(
+        f"function {dotted_path!r} is not allowed{why}: only functions in the modules "
+        f"{', '.join(p + '.*' for p in prefixes)} (and the sensorium / neuralpredictors paths that "
+        f"map to them) may be registered and run. A lab allows its own modules with "
+        f"{ALLOWED_FN_PREFIXES_VARIABLE}=mylab.models,mylab.data"
+    )
+
+
+def resolve_fn(dotted_path: str | Callable, allowed_prefixes: Iterable[str] | None = None) -> Callable:
     """Return the function named by ``dotted_path`` (``"package.module.function"``).
+
+    Only modules under an allowed prefix are imported, and the function found must be defined
+    under one too: a stored config names code that every worker runs, so ``os.system`` and its like
+    must not resolve.
 
     Args:
         dotted_path: a dotted path; Sinz-lab paths (see :data:`MODULE_ALIASES`) map to ours.
             A callable is returned unchanged.
+        allowed_prefixes: module prefixes (see :func:`parse_fn_prefixes`); default
+            :func:`allowed_fn_prefixes` (``pipeline`` plus ``$SYSID_ALLOWED_FN_PREFIXES``).
 
     Raises:
         TypeError: ``dotted_path`` is neither a string nor a callable, or names a non-callable.
+        FunctionNotAllowed: the path (or the function it finds) is outside the allowed prefixes.
         ValueError: the path has no module part, the module does not import or lacks the name.
     """
     if callable(dotted_path):
         return dotted_path
     if not isinstance(dotted_path, str):
         raise TypeError(f"a function path must be a dotted string, got {type(dotted_path).__name__}")
+    prefixes = allowed_fn_prefixes() if allowed_prefixes is None else parse_fn_prefixes(allowed_prefixes)
     module_name, _, attr = dotted_path.strip().rpartition(".")
     if not module_name or not attr:
         raise ValueError(f"function path {dotted_path!r} must look like 'package.module.function'")
     candidates = MODULE_ALIASES.get(module_name, ()) or (module_name,)
     if module_name not in candidates:
         candidates = (*candidates, module_name)
+    candidates = tuple(c for c in candidates if _module_allowed(c, prefixes))
+    if not candidates:
+        raise _not_allowed(dotted_path, prefixes)
     import_errors: list[str] = []
     for candidate in candidates:
         try:
@@ -94,6 +174,10 @@ def resolve_fn(dotted_path: str | Callable) -> Callable:
             fn = getattr(module, attr)
             if not callable(fn):
                 raise TypeError(f"{dotted_path!r} resolves to a {type(fn).__name__}, not a function")
+            defined_in = getattr(fn, "__module__", None)
+            if not isinstance(defined_in, str) or not _module_allowed(defined_in, prefixes):
+                # e.g. a name an allowed module imported from elsewhere (``from os import system``)
+                raise _not_allowed(dotted_path, prefixes, f" (it is defined in {defined_in!r})")
             return fn
     if len(import_errors) == len(candidates):
         raise ValueError(f"cannot import the module of {dotted_path!r}: " + "; ".join(import_errors))
@@ -104,11 +188,23 @@ def resolve_fn(dotted_path: str | Callable) -> Callable:
 # canonical configs
 
 
-def _canonical_value(value: Any, where: str) -> Any:
+#: deepest nesting of dicts and lists in a config
+MAX_CONFIG_DEPTH = 64
+
+
+def _canonical_value(value: Any, where: str, depth: int = 0) -> Any:
     """Return ``value`` as plain JSON types, or raise naming the offending entry ``where``."""
     # bool before int: bool is an int subclass, and True must not hash like 1
-    if value is None or isinstance(value, (bool, str)):
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(
+                f"config entry {where or '<root>'} contains a NUL character (\\x00), which no database stores"
+            )
         return value
+    if value is None or isinstance(value, bool):
+        return value
+    if depth > MAX_CONFIG_DEPTH and isinstance(value, (Mapping, list, tuple)):
+        raise ValueError(f"config entry {where} nests deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -122,10 +218,11 @@ def _canonical_value(value: Any, where: str) -> Any:
                 raise TypeError(
                     f"config keys must be strings; {where} has key {key!r} ({type(key).__name__})"
                 )
-            out[key] = _canonical_value(item, f"{where}.{key}" if where else key)
+            _canonical_value(key, f"key {key!r} of {where or '<root>'}")
+            out[key] = _canonical_value(item, f"{where}.{key}" if where else key, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [_canonical_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_canonical_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     if isinstance(value, (set, frozenset)):
         raise TypeError(f"config entry {where} is a set, which has no stable order: use a sorted list")
     numpy = _numpy_or_none()
@@ -187,29 +284,38 @@ def plain_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return json.loads(canonical_config(config))
 
 
-def validate_config(fn: str | Callable, config: Mapping[str, Any] | None, role: str) -> Callable:
+def validate_config(
+    fn: str | Callable,
+    config: Mapping[str, Any] | None,
+    role: str,
+    allowed_prefixes: Iterable[str] | None = None,
+) -> Callable:
     """Check that ``fn`` resolves and accepts ``config`` before anything is stored or run.
 
     Every config key must be a parameter of ``fn`` (or ``fn`` takes ``**kwargs``), every required
     parameter must be in the config (except those the framework supplies for ``role``: see
-    :data:`FRAMEWORK_ARGUMENTS`), and the config must not set framework-supplied arguments.
+    :data:`FRAMEWORK_ARGUMENTS`), the config must not set framework-supplied arguments, and every
+    value must match its parameter's annotation and bounds (:func:`pipeline.config_types.type_problems`:
+    ``{"layers": "4"}`` and ``{"hidden_channels": -1}`` are refused).
 
     Args:
         fn: a dotted function path or a callable.
         config: the keyword arguments it will receive.
         role: ``"dataset"``, ``"model"`` or ``"trainer"``.
+        allowed_prefixes: module prefixes ``fn`` must lie under (see :func:`resolve_fn`).
 
     Returns:
         The resolved function.
 
     Raises:
-        ValueError: unknown role/function, unexpected or missing keys (the message names them).
+        ValueError: unknown role/function, unexpected or missing keys, values of the wrong type or
+            out of bounds (the message names the key, the value and the expected type).
         TypeError: the config is not JSON-representable.
     """
     if role not in FRAMEWORK_ARGUMENTS:
         raise ValueError(f"role must be one of {sorted(FRAMEWORK_ARGUMENTS)}, got {role!r}")
     config = plain_config(config)
-    function = resolve_fn(fn)
+    function = resolve_fn(fn, allowed_prefixes)
     name = fn if isinstance(fn, str) else getattr(fn, "__qualname__", repr(fn))
     supplied = FRAMEWORK_ARGUMENTS[role]
     clashes = sorted(set(config) & supplied)
@@ -242,6 +348,11 @@ def validate_config(fn: str | Callable, config: Mapping[str, Any] | None, role: 
     )
     if missing:
         raise ValueError(f"{role} config for {name} lacks required argument(s) {missing}")
+    from pipeline.config_types import type_problems  # imports pydantic: only when validating
+
+    problems = type_problems(function, config)
+    if problems:
+        raise ValueError(f"{role} config for {name}: " + "; ".join(problems))
     return function
 
 

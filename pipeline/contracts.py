@@ -168,7 +168,16 @@ def tier_loaders(dataloaders: Mapping, tier: str | None = None) -> Mapping[str, 
 
 
 def train_loaders(dataloaders: Mapping) -> Mapping[str, Any]:
-    """The training tier's ``{data_key: loader}`` (what builders read shapes and mean activity from)."""
+    """The training tier's ``{data_key: loader}`` (what builders read shapes and mean activity from).
+
+    Raises:
+        ValueError: the loaders have tiers but no ``train`` tier (a dataset without train trials).
+    """
+    if isinstance(dataloaders, Mapping) and is_tier_dict(dataloaders) and "train" not in dataloaders:
+        raise ValueError(
+            f"the dataset has no train trials (its tiers: {', '.join(sorted(dataloaders))}): "
+            "models are built and trained from the train tier; check meta/trials/tiers.npy or the tier= option"
+        )
     return tier_loaders(dataloaders, "train")
 
 

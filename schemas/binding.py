@@ -25,6 +25,7 @@ from .connection import (
 )
 from .data_info import DataInfo
 from .ensembles import Ensemble, EnsembleScore
+from .imported import ImportedCheckpoint  # noqa: F401  (declared here)
 from .leases import LeasedJob
 from .mei_tables import MEI, MEIMethod, MEISeed  # noqa: F401  (MEIMethod, MEISeed: declared here)
 from .neuron_scores import NeuronScore
@@ -33,11 +34,23 @@ from .readout_parameters import ReadoutParameters
 from .search_tables import SearchTrial, SearchViewSet, Study, TrialOutcome, drop_optuna_storage  # noqa: F401
 from .settings import current_settings
 from .trained_model import TrainedModel
+from .transfer_scores import TransferredReadoutParameters, TransferredScore
+from .transfers import SOURCE_COLUMNS, TransferredModel, TransferSource
 
 __all__ = ["POPULATED", "VIEW_SETS", "activate", "computed_tables", "create_views", "drop_all"]
 
 #: the tables workers populate, in populate order (a table after the tables it reads)
-POPULATED = (DataInfo, TrainedModel, NeuronScore, ReadoutParameters, EnsembleScore, MEI)
+POPULATED = (
+    DataInfo,
+    TrainedModel,
+    NeuronScore,
+    ReadoutParameters,
+    TransferredModel,
+    TransferredScore,
+    TransferredReadoutParameters,
+    EnsembleScore,
+    MEI,
+)
 
 #: the SQL views of each training table
 VIEW_SETS = (
@@ -48,6 +61,15 @@ VIEW_SETS = (
         scores=NeuronScore,
         readouts=ReadoutParameters,
         data_info=DataInfo,
+    ),
+    views.ViewSet(
+        models_view=views.TRANSFERRED_MODEL_VIEW,
+        neurons_view=views.TRANSFERRED_NEURON_VIEW,
+        trained=TransferredModel,
+        scores=TransferredScore,
+        readouts=TransferredReadoutParameters,
+        data_info=DataInfo,
+        joins=((TransferSource, ("source_table", *SOURCE_COLUMNS)),),
     ),
     views.MEIViewSet(
         meis_view=views.MEI_VIEW,

@@ -18,7 +18,8 @@ import itertools
 import json
 import socket
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import datajoint as dj
@@ -28,6 +29,7 @@ from pipeline.builder import canonical_config, config_hash, plain_config, valida
 
 from ._schema import schema
 from .hybrid import hybridmethod
+from .limits import check_row
 from .settings import current_settings
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Model",
     "Seed",
     "Trainer",
+    "atomic",
     "config_definition",
     "config_dict",
     "default_fabrikant",
@@ -46,6 +49,16 @@ __all__ = [
 ]
 
 FN_LENGTH = 128
+
+
+@contextmanager
+def atomic(connection) -> Iterator[None]:
+    """One transaction around the block, or none when the caller already holds one (DataJoint does not nest)."""
+    if connection.in_transaction:
+        yield
+        return
+    with connection.transaction:
+        yield
 
 
 class DuplicateEntryWarning(UserWarning):
@@ -119,13 +132,12 @@ class Fabrikant(dj.Manual):
             "affiliation": affiliation,
             "dj_username": dj_username,
         }
-        limits = {"fabrikant_name": 32, "full_name": 128, "email": 128, "affiliation": 128, "dj_username": 64}
-        for column, limit in limits.items():
-            value = row[column]
-            if not isinstance(value, str) or len(value) > limit or (column == "fabrikant_name" and not value):
+        for column, value in row.items():
+            if not isinstance(value, str) or (column == "fabrikant_name" and not value):
                 raise ValueError(
-                    f"Fabrikant {column} must be a string of at most {limit} characters, got {value!r}"
+                    f"Fabrikant {column} must be a{' non-empty' * (column == 'fabrikant_name')} string, got {value!r}"
                 )
+        check_row(cls, row, "Fabrikant")  # the column limits of the definition
         existing = (table & {"fabrikant_name": name}) or (table & {"dj_username": dj_username})
         if existing:
             row = existing.to_dicts(order_by="fabrikant_name")[0]
@@ -164,6 +176,8 @@ class Fabrikant(dj.Manual):
         """
         table = cls()
         if name is not None:
+            if isinstance(name, str):
+                check_row(cls, {"fabrikant_name": name}, "fabrikant")
             if not isinstance(name, str) or not (table & {"fabrikant_name": name}):
                 raise ValueError(f"unknown fabrikant {name!r}: insert it into Fabrikant first")
             return name
@@ -207,8 +221,6 @@ def _fn_path(fn: str | Callable) -> str:
         path = f"{fn.__module__}.{fn.__qualname__}"
     else:
         raise TypeError(f"fn must be a dotted path or an importable module-level function, got {fn!r}")
-    if len(path) > FN_LENGTH:
-        raise ValueError(f"function path {path!r} is longer than {FN_LENGTH} characters")
     return path
 
 
@@ -229,7 +241,7 @@ class ConfigTable:
         (:func:`pipeline.builder.validate_config`) and stores the config as given; a table whose
         functions take a typed settings object (``MEIMethod``) overrides it.
         """
-        validate_config(path, config, cls._role)
+        validate_config(path, config, cls._role, current_settings().allowed_fn_prefixes)
         return config
 
     @classmethod
@@ -261,8 +273,9 @@ class ConfigTable:
         """
         role = cls._role
         path = _fn_path(fn)
-        if not isinstance(comment, str) or len(comment) > 256:
-            raise ValueError("comment must be a string of at most 256 characters")
+        if not isinstance(comment, str):
+            raise ValueError(f"comment must be a string, got {type(comment).__name__}")
+        check_row(cls, {f"{role}_fn": path, f"{role}_comment": comment}, cls.__name__)
         config = cls.checked_config(path, config)
         canonical_config(config)  # raises on anything not JSON-representable
         key = {f"{role}_fn": path, f"{role}_hash": config_hash(config)}
@@ -578,21 +591,25 @@ class Experiments(dj.Manual):
             ``{"experiment_name": name}``; use :meth:`experiment_keys` to populate only this experiment.
 
         Raises:
-            ValueError: a key that is not registered.
+            ValueError: a key that is not registered, or a name, comment or seed its column cannot hold.
         """
-        if not isinstance(name, str) or not name or len(name) > 64:
-            raise ValueError("experiment name must be a non-empty string of at most 64 characters")
+        if not isinstance(name, str) or not name:
+            raise ValueError("experiment name must be a non-empty string")
+        if not isinstance(comment, str):
+            raise ValueError(f"experiment comment must be a string, got {type(comment).__name__}")
+        check_row(cls, {"experiment_name": name, "experiment_comment": comment}, "experiment")
         datasets, models, trainers = list(datasets), list(models), list(trainers)
         seeds = [int(s) for s in seeds]
+        for seed in seeds:
+            check_row(Seed, {"seed": seed}, "seeds")
         for table, keys in ((Dataset, datasets), (Model, models), (Trainer, trainers)):
             for key in keys:
                 if len(table() & dict(key)) != 1:
                     raise ValueError(
                         f"{table.__name__} has no entry {dict(key)}: register it with add_entry first"
                     )
-        Seed().insert([{"seed": s} for s in seeds], skip_duplicates=True)
-        conn = cls.connection
-        with conn.transaction:
+        with atomic(cls.connection):
+            Seed().insert([{"seed": s} for s in seeds], skip_duplicates=True)
             cls().insert1(
                 {
                     "experiment_name": name,

@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,8 @@ class Lease:
     lost: bool = field(default=False, compare=False)
     #: the server's connection settings (``host``, ``port``, ``user``, ``password``, ``backend``)
     server: tuple = field(default=(), compare=False)
+    #: ``time.monotonic()`` of the last renewal by the heartbeat (or of the reservation)
+    renewed_at: float = field(default_factory=time.monotonic, compare=False)
 
     def where(self, quote) -> tuple[str, list[Any]]:
         """SQL condition (and its arguments) matching the job row only while it carries this token."""
@@ -302,10 +305,15 @@ class _Heartbeat:
         connections: dict[tuple, Any] = {}  # one per server the leases are on
         stop = threading.Event()
         while True:
-            stop.wait(heartbeat_interval())
+            interval = heartbeat_interval()
+            # short naps: a changed SYSID_LEASE_SECONDS or a new lease is seen within a second
+            stop.wait(min(interval, 1.0))
             for lease in held_leases():
                 if len(lease.server) < 5:
                     continue  # no settings known (not activated through schemas): the epochs renew it
+                if time.monotonic() - lease.renewed_at < interval:
+                    continue
+                lease.renewed_at = time.monotonic()
                 try:
                     conn = connections.get(lease.server)
                     if conn is None:

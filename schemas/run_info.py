@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import platform
 import socket
 import subprocess
@@ -12,7 +13,17 @@ from typing import Any
 
 from .settings import current_settings
 
-__all__ = ["device_used", "git_commit", "host_name", "package_versions", "run_info"]
+__all__ = [
+    "DEGENERATE_COMMENT",
+    "degenerate_check",
+    "device_used",
+    "git_commit",
+    "host_name",
+    "package_versions",
+    "run_info",
+]
+
+logger = logging.getLogger(__name__)
 
 #: the packages whose versions determine a trained model's result
 PACKAGES = ("visual-sysid", "torch", "numpy", "datajoint")
@@ -101,3 +112,24 @@ def run_info(model, output: Mapping[str, Any] | None, seconds: float) -> dict[st
         "package_versions": package_versions(),
         "git_commit": git_commit(),
     }
+
+
+#: the ``comment`` of a trained model whose predictions are constant on the validation tier
+DEGENERATE_COMMENT = (
+    "degenerate: constant predictions on the validation tier (every neuron's output is the same for "
+    "every image); check lr_init and the regularizer strengths"
+)
+
+
+def degenerate_check(model, dataloaders) -> bool | None:
+    """:func:`pipeline.scoring.constant_predictions` on the validation tier; None where loaders cannot tell.
+
+    Loaders that do not yield (images, responses) batches (toy trainers' tensors) cannot be checked.
+    """
+    from pipeline.scoring import constant_predictions
+
+    try:
+        return constant_predictions(model, dataloaders, "validation")
+    except (TypeError, ValueError, AttributeError) as error:
+        logger.debug("degenerate check skipped: %s", error)
+        return None

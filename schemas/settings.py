@@ -72,6 +72,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("SYSID_EMAIL", "`user@host`", "the default fabrikant's e-mail", "schemas.configs"),
     Variable("SYSID_AFFILIATION", "empty", "the default fabrikant's affiliation", "schemas.configs"),
     Variable("SYSID_GIT_COMMIT", "the checkout's `HEAD`", "the commit stored with each trained model (for installs without `.git`)", "schemas.run_info"),
+    Variable("SYSID_ALLOWED_FN_PREFIXES", "none: only `pipeline.*` (and the sensorium/neuralpredictors paths that map to it)", "more module prefixes whose functions configs may name, comma-separated (e.g. `mylab.models,mylab.data`); registration and workers refuse every other function", "pipeline.builder, schemas.configs, workers"),
     Variable("SYSID_DEBUG", "off", "`1`: CLI errors show their traceback", "sysid.cli"),
     Variable("SYSID_DATA_DIR", "`./data`", "host folder mounted read-only at `/data` in the containers", "docker-compose.yml"),
     Variable("SYSID_WORKERS_PER_GPU", "1", "worker processes per GPU of the compose `worker` service (`sysid worker --gpus all --per-gpu N`)", "docker-compose.yml"),
@@ -125,6 +126,8 @@ class Settings:
         fabrikant, email, affiliation: ``SYSID_FABRIKANT``, ``SYSID_EMAIL``, ``SYSID_AFFILIATION``.
         git_commit: ``SYSID_GIT_COMMIT``.
         debug: ``SYSID_DEBUG``.
+        allowed_fn_prefixes: ``pipeline`` plus ``SYSID_ALLOWED_FN_PREFIXES``: the modules whose
+            functions configs may name (``pipeline.builder.allowed_fn_prefixes``).
     """
 
     host: str | None = None
@@ -143,6 +146,7 @@ class Settings:
     affiliation: str | None = None
     git_commit: str | None = None
     debug: bool = False
+    allowed_fn_prefixes: tuple[str, ...] = ("pipeline",)
 
     @property
     def uses_embedded(self) -> bool:
@@ -197,6 +201,7 @@ class Settings:
             affiliation=text("SYSID_AFFILIATION"),
             git_commit=text("SYSID_GIT_COMMIT"),
             debug=_flag("SYSID_DEBUG", env.get("SYSID_DEBUG", "")),
+            allowed_fn_prefixes=_fn_prefixes(env),
         )
 
 
@@ -248,6 +253,15 @@ def _positive_int(name: str, raw: str) -> int:
     if value < 1:
         raise SettingsError(f"{name} must be a positive integer, got {raw!r}")
     return value
+
+
+def _fn_prefixes(env: Mapping[str, str]) -> tuple[str, ...]:
+    from pipeline.builder import allowed_fn_prefixes
+
+    try:
+        return allowed_fn_prefixes(env)
+    except ValueError as error:
+        raise SettingsError(str(error)) from None
 
 
 def _positive_seconds(name: str, raw: str) -> float:

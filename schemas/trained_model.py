@@ -13,6 +13,7 @@ import datajoint as dj
 
 from ._schema import schema
 from .configs import Dataset, Model, Seed, Trainer  # noqa: F401  (Seed: in the definitions)
+from .imported import IMPORTED_TRAINER, ImportedCheckpoint
 from .progress import TRAINED_MODEL_KEY_DEFINITION, Checkpoint, TrainingProgress
 from .training import STORED_STATE_DEFINITION, TrainingJob, TrainingTable, trained_model_definition
 
@@ -41,6 +42,13 @@ class TrainedModel(TrainingTable, dj.Computed):
 
     class StoredState(dj.Part):
         definition = STORED_STATE_DEFINITION
+
+    @property
+    def key_source(self):
+        """Model x Dataset x Trainer x Seed, but an imported checkpoint's trainer only with its own key."""
+        every = Model.proj() * Dataset.proj() * Trainer.proj() * Seed.proj()
+        foreign = (every & {"trainer_fn": IMPORTED_TRAINER}) - ImportedCheckpoint.proj()
+        return every - foreign
 
     def job_spec(self, key: Mapping[str, Any]) -> TrainingJob:
         """The configs of ``key``'s dataset, model and trainer, and its seed."""

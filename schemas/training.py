@@ -40,7 +40,7 @@ from .model_loading import TrainingJob, dataloader_flag, rebuild_model, state_fr
 from .progress import ProgressRecorder, delete_present, latest_checkpoint
 from .reconnect import retry_transient
 from .requeue import release_interrupted_jobs
-from .run_info import run_info
+from .run_info import DEGENERATE_COMMENT, degenerate_check, run_info
 from .settings import current_settings
 from .stopping import TrainingInterrupted, sigterm_requests_stop, stop_requested
 
@@ -99,6 +99,11 @@ def trained_model_definition(
     comment="": varchar(512)
     {timestamp_column}=CURRENT_TIMESTAMP: datetime
     """
+
+
+#: functions called after every ``TrainingTable.delete`` (e.g. removing transfers whose source is
+#: gone: :mod:`schemas.transfers` registers one); each takes no arguments
+AFTER_DELETE: list = []
 
 
 def primary_key(table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,7 +204,12 @@ class TrainingTable:
         if resumed_from is not None:
             output["resumed_from_epoch"] = resumed_from
         state = state_io.state_to_numpy(state_dict)
-        return score, output, state, run_info(model, output, time.time() - started)
+        meta = run_info(model, output, time.time() - started)
+        if degenerate_check(model, dataloaders):  # e.g. lr_init: 1e6 -> one output for every image
+            output["degenerate"] = True
+            meta["comment"] = DEGENERATE_COMMENT
+            logger.warning("%s %s: %s", type(self).__name__, job_events.describe_key(key), DEGENERATE_COMMENT)
+        return score, output, state, meta
 
     @job_events.insert_step
     def make_insert(self, key, score, output, state, meta):
@@ -261,6 +271,8 @@ class TrainingTable:
         if gone:
             (self.progress_table() & gone).delete_quick()
             (self.checkpoint_table() & gone).delete_quick()
+        for hook in AFTER_DELETE:
+            hook()
         return result
 
     @hybridmethod

@@ -34,6 +34,8 @@ __all__ = [
     "MEI_VIEW",
     "NEURON_VIEW",
     "TRAINED_MODEL_VIEW",
+    "TRANSFERRED_MODEL_VIEW",
+    "TRANSFERRED_NEURON_VIEW",
     "MEIViewSet",
     "ViewSet",
     "create_views",
@@ -44,6 +46,8 @@ __all__ = [
 
 TRAINED_MODEL_VIEW = "trained_models_view"
 NEURON_VIEW = "neurons_view"
+TRANSFERRED_MODEL_VIEW = "transferred_models_view"
+TRANSFERRED_NEURON_VIEW = "transferred_neurons_view"
 MEI_VIEW = "meis_view"
 
 #: the neuron columns of the views (besides the keys), from ``DataInfo.Neuron``
@@ -62,6 +66,8 @@ class ViewSet:
         scores: its score table (:class:`schemas.neuron_scores.NeuronScoreTable`, with part ``Unit``).
         readouts: its readout table (:class:`schemas.readout_parameters.ReadoutParametersTable`).
         data_info: the ``DataInfo`` table (part ``Neuron``).
+        joins: ``(table, columns)`` pairs whose columns the models view shows too, joined on the
+            table's primary key (e.g. a transferred model's source: ``TransferSource``).
     """
 
     models_view: str
@@ -70,6 +76,7 @@ class ViewSet:
     scores: type
     readouts: type
     data_info: type
+    joins: tuple[tuple[type, tuple[str, ...]], ...] = ()
 
     def names(self) -> tuple[str, str]:
         return (self.models_view, self.neurons_view)
@@ -126,11 +133,16 @@ def _view_statements(connection, database: str, views: ViewSet) -> dict[str, str
     model_key = [*DATASET_KEY, *(c for c in trained_key if c not in DATASET_KEY)]
     neuron_key = [c for c in views.data_info.Neuron().primary_key if c not in DATASET_KEY]
     run_columns = (*_RUN_COLUMNS, views.trained.timestamp_column)
+    joined = "".join(f", {columns(f'j{i}', names)}" for i, (_, names) in enumerate(views.joins))
+    join_clauses = "".join(
+        f"\n        LEFT JOIN {table(other)} j{i} ON {on('t', f'j{i}', other().primary_key)}"
+        for i, (other, _) in enumerate(views.joins)
+    )
     trained = f"""
-        SELECT {columns("t", model_key)}, {columns("t", run_columns)},
+        SELECT {columns("t", model_key)}{joined}, {columns("t", run_columns)},
                {columns("s", SUMMARY_COLUMNS)}
         FROM {table(views.trained)} t
-        LEFT JOIN {table(views.scores)} s ON {on("t", "s", model_key)}
+        LEFT JOIN {table(views.scores)} s ON {on("t", "s", model_key)}{join_clauses}
     """
 
     def pivot(tier: str, column: str) -> str:

@@ -257,6 +257,9 @@ def register(file: Path, dry_run: bool) -> None:
       trainer: {fn: pipeline.training.standard_trainer, config: {max_iter: 100}}
       mei_method: {fn: pipeline.mei.optimize_meis, config: {norm: 10.0}}   # optional
       mei_seeds: [0]                                                      # optional
+      transfer:                                                           # optional
+        sources: [{model: 3f9a, dataset: 11be, seed: 1}]   # trained models (hash prefixes)
+        recipe: [{freeze_core: true}, {freeze_core: false, core_lr: 0.001}]
 
     \b
     A `grid:` block inside a config maps names to lists; every combination becomes one
@@ -264,7 +267,9 @@ def register(file: Path, dry_run: bool) -> None:
     Every dataset x model x trainer x seed combination is one model for the workers to train.
     MEI methods (a file may hold only those) are computed for every ensemble (`sysid ensemble
     create`) x MEI method x MEI seed. All entries are validated (function imports, config keys
-    accepted; MEI settings by pipeline.mei.MEIConfig) before any is inserted.
+    accepted; MEI settings by pipeline.mei.MEIConfig) before any is inserted. A `transfer:`
+    section makes every source x recipe x dataset x model x trainer x seed a transfer (its core
+    from the source), checked at registration (sysid.transfer_plan).
     See examples/demo_grid.yaml.
 
     \b
@@ -292,6 +297,8 @@ def register(file: Path, dry_run: bool) -> None:
         console.print(
             f"{counts} x {len(plan.seeds)} seed(s) = [bold]{plan.n_combinations}[/bold] model(s) to train{experiment}"
         )
+    if plan.transfer and not dry_run:
+        console.print(f"[bold]{len(keys['transfer'])}[/bold] transfer(s) registered (TransferTask)")
     if plan.entries[MEI_SECTION] or plan.mei_seeds:
         console.print(
             f"{len(plan.entries[MEI_SECTION])} MEI method(s), MEI seed(s) {plan.mei_seeds or 'none new'}: MEIs of "
@@ -995,6 +1002,7 @@ def status(watch: float | None) -> None:
             schemas.job_status(),
             schemas.running_jobs(),
             title=f"pipeline status  {time.strftime('%H:%M:%S')}",
+            degenerate=schemas.degenerate_models(),
         )
 
     console = _console()
@@ -1026,6 +1034,10 @@ _ERROR_COLUMNS = ("table", "error_message", "host", "pid", "completed_time")
 def errors(retry: bool, ignore: bool, table: str | None) -> None:
     """List failed jobs with their error messages; optionally retry or ignore them.
 
+    Trained models flagged degenerate (constant predictions on the validation tier, e.g. from a
+    far too large lr_init) are listed below the failed jobs; --retry/--ignore do not touch them
+    (delete them from the table to train them again).
+
     \b
     Examples:
       sysid errors
@@ -1040,14 +1052,27 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
     failed = schemas.errors(table)
     console = _console()
     shown = compact_keys(failed)
+    # key columns no failed job has (model, trainer, seed when only DataInfo failed) are left out
     columns = [
-        c for c in shown.columns if c in _ERROR_COLUMNS or c in ("dataset", "model", "trainer", "seed")
+        c
+        for c in shown.columns
+        if c in _ERROR_COLUMNS or (c in ("dataset", "model", "trainer", "seed") and shown[c].notna().any())
     ]
     console.print(
         dataframe_table(
             shown, title="failed jobs", empty="(no errors)", columns=columns, max_chars=400, wrap=True
         )
     )
+    degenerate = schemas.degenerate_models()
+    if not degenerate.empty and table in (None, *degenerate["table"]):
+        console.print(
+            dataframe_table(
+                compact_keys(degenerate),
+                title="trained but degenerate (constant predictions on the validation tier)",
+                max_chars=400,
+                wrap=True,
+            )
+        )
     if failed.empty:
         return
     if retry:
@@ -1065,7 +1090,11 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
 @click.option("--sort", "sort_by", default=None, metavar="COL", help="Column to sort by (default: score).")
 @click.option("--ascending", is_flag=True, help="Sort ascending (default: descending, best first).")
 @click.option(
-    "--filter", "filter_expr", default=None, metavar="EXPR", help='pandas query, e.g. "score > 0.2".'
+    "--filter",
+    "filter_expr",
+    default=None,
+    metavar="EXPR",
+    help='Comparisons of columns with literals joined by and/or/not, e.g. "score > 0.2 and seed in [1, 2]" (never run as Python).',
 )
 @click.option(
     "--csv",
@@ -1078,6 +1107,11 @@ def errors(retry: bool, ignore: bool, table: str | None) -> None:
     "--all-columns", is_flag=True, help="Show every column, not only scores and config values that differ."
 )
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="Rows to show.")
+@click.option(
+    "--transferred",
+    is_flag=True,
+    help="Transferred models instead: with their source (source_model_hash ...) and transfer.* columns.",
+)
 def results(
     sort_by: str | None,
     ascending: bool,
@@ -1085,6 +1119,7 @@ def results(
     csv_path: Path | None,
     all_columns: bool,
     limit: int,
+    transferred: bool,
 ) -> None:
     """Table of trained models: key, scores and config values (one column per config entry).
 
@@ -1099,11 +1134,16 @@ def results(
       sysid results --sort seed --ascending
       sysid results --filter "score > 0.2 and seed == 1"
       sysid results --filter "`model.layers` == 2" --csv results.csv
+      sysid results --transferred --sort test_correlation
+
+    \b
+    --filter accepts column names (dotted names in backticks), literals (numbers, 'text', True,
+    False, None), ==, !=, <, <=, >, >=, in [...], not in [...], and, or, not; nothing else.
     """
     from .results import results_table, select_rows
 
     schemas = _activate()
-    table = schemas.results()
+    table = schemas.transferred_results() if transferred else schemas.results()
     table = select_rows(table, filter_expr=filter_expr, sort=sort_by, ascending=ascending)
     if csv_path is not None:
         csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1224,6 +1264,12 @@ def demo(workers: int, out_dir: Path, epochs: int, keep: bool) -> None:
 
     _setup_logging()
     run_demo(out_dir=out_dir, workers=workers, epochs=epochs, keep=keep, console=_console())
+
+
+# ------------------------------------------------------------------ import-checkpoint, transfers
+from .transfers import add_commands as _add_transfer_commands  # noqa: E402  (click only; no schemas)
+
+_add_transfer_commands(cli)
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "Plan",
     "RegistrationError",
     "expand_grid",
+    "limit_problems",
     "load_file",
     "parse_plan",
     "register_plan",
@@ -65,7 +66,7 @@ SECTIONS = CONFIG_ROLES
 #: the optional section of MEI methods (rows of ``MEIMethod``) and the key of the MEI seeds
 MEI_SECTION = "mei_method"
 MEI_SEEDS = "mei_seeds"
-_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant", MEI_SECTION, MEI_SEEDS}
+_TOP_LEVEL_KEYS = set(SECTIONS) | {"seeds", "experiment", "fabrikant", MEI_SECTION, MEI_SEEDS, "transfer"}
 _ENTRY_KEYS = {"fn", "config", "comment"}
 
 
@@ -137,6 +138,8 @@ class Plan:
     experiment: dict[str, str] | None = None
     fabrikant: dict[str, str] | None = None
     mei_seeds: list[int] = field(default_factory=list)
+    #: the ``transfer:`` section (:mod:`sysid.transfer_plan`), or None
+    transfer: dict[str, Any] | None = None
 
     @property
     def n_combinations(self) -> int:
@@ -158,6 +161,69 @@ def _short(value: Any, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+#: largest registration file read (a grid of thousands of entries is a few hundred kB)
+MAX_FILE_BYTES = 4 * 2**20
+#: most values a parsed file may hold, counting every alias (``*name``) as a copy of what it names
+MAX_NODES = 200_000
+#: deepest nesting of mappings and lists in a file
+MAX_DEPTH = 64
+
+
+def _safe_yaml_loader():
+    """A ``yaml.SafeLoader`` that refuses alias bombs and deep nesting while it composes the document."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self._depth = 0
+            self._sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                return super().compose_node(parent, index)  # the anchored node, already sized
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+            self._sizes[id(node)] = self._size(node)
+            if self._sizes[id(node)] > MAX_NODES:
+                raise yaml.YAMLError(
+                    f"the document expands to more than {MAX_NODES} values (aliases counted as copies)"
+                )
+            return node
+
+        def _size(self, node) -> int:
+            if isinstance(node, yaml.MappingNode):
+                children = [item for pair in node.value for item in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            else:
+                return 1
+            return 1 + sum(self._sizes.get(id(child), 1) for child in children)
+
+    return BoundedLoader
+
+
+def _json_shape_problem(doc: Any) -> str | None:
+    """Why a parsed JSON document is too deep or too large, or None (iterative: no recursion limit)."""
+    stack, count = [(doc, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            return f"the document holds more than {MAX_NODES} values"
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                return f"nesting deeper than {MAX_DEPTH} levels"
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a registration file.
 
@@ -170,18 +236,37 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        RegistrationError: the file cannot be parsed or is not a mapping at the top level.
+        RegistrationError: the file cannot be parsed, is larger than :data:`MAX_FILE_BYTES`, nests
+            deeper than :data:`MAX_DEPTH`, expands (aliases counted as copies) to more than
+            :data:`MAX_NODES` values, or is not a mapping at the top level.
     """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"registration file not found: {path}")
-    text = path.read_text()
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise RegistrationError(
+            [f"the file is {size} bytes; a registration file may hold at most {MAX_FILE_BYTES}"],
+            source=str(path),
+        )
     try:
-        doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RegistrationError([f"cannot parse: {err}"], source=str(path)) from err
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RegistrationError([f"not UTF-8 text: {err}"], source=str(path)) from err
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(text)
+            problem = _json_shape_problem(doc)
+            if problem:
+                raise RegistrationError([f"cannot register: {problem}"], source=str(path))
+        else:
+            doc = yaml.load(text, Loader=_safe_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except (json.JSONDecodeError, yaml.YAMLError, RecursionError) as err:
+        if isinstance(err, RecursionError):
+            err = f"nesting deeper than {MAX_DEPTH} levels"
+        raise RegistrationError([f"cannot parse: {err}"], source=str(path)) from None
     if not isinstance(doc, dict):
         raise RegistrationError(
             [
@@ -353,9 +438,19 @@ def parse_plan(doc: Mapping[str, Any], source: str = "registration file") -> Pla
     mei_seeds = _parse_seeds(doc[MEI_SEEDS], problems, MEI_SEEDS) if MEI_SEEDS in doc else []
     experiment = _parse_named("experiment", doc.get("experiment"), problems, {"name", "comment"})
     fabrikant = _parse_named("fabrikant", doc.get("fabrikant"), problems, {"name", "email", "affiliation"})
+    from .transfer_plan import parse_transfer
+
+    transfer = parse_transfer(doc.get("transfer"), problems, expand_grid)
     if problems:
         raise RegistrationError(problems, source)
-    return Plan(entries=entries, seeds=seeds, experiment=experiment, fabrikant=fabrikant, mei_seeds=mei_seeds)
+    return Plan(
+        entries=entries,
+        seeds=seeds,
+        experiment=experiment,
+        fabrikant=fabrikant,
+        mei_seeds=mei_seeds,
+        transfer=transfer,
+    )
 
 
 def _default_validator(fn: str, config: dict[str, Any], role: str) -> None:
@@ -390,7 +485,7 @@ def validate_plan(
         RegistrationError: listing every invalid entry.
     """
     validator = validator or _default_validator
-    problems = []
+    problems = limit_problems(plan)
     for entry in plan.all_entries():
         try:
             validator(entry.fn, entry.config, entry.section)
@@ -399,6 +494,57 @@ def validate_plan(
             problems.append(f"{entry.label}: {type(err).__name__}: {err}")
     if problems:
         raise RegistrationError(problems, source)
+
+
+def _config_tables() -> dict[str, Any]:
+    """The table class of each section (imported on demand: the MEI tables import torch)."""
+    from schemas import configs
+
+    tables = {"dataset": configs.Dataset, "model": configs.Model, "trainer": configs.Trainer}
+    return tables
+
+
+def limit_problems(plan: Plan) -> list[str]:
+    """Every value of ``plan`` that its database column cannot hold, read from the table definitions.
+
+    Checks function paths and comments of every entry, seeds, MEI seeds, the experiment's name and
+    comment and the fabrikant's name, e-mail and affiliation (lengths, integer ranges, NUL
+    characters; see :mod:`schemas.limits`). Needs no database connection.
+    """
+    from schemas import configs
+    from schemas.limits import row_problems
+
+    tables = _config_tables()
+    needs_mei = bool(plan.entries.get(MEI_SECTION) or plan.mei_seeds)
+    if needs_mei:
+        from schemas import mei_tables
+
+        tables[MEI_SECTION] = mei_tables.MEIMethod
+    problems: list[str] = []
+    for entry in plan.all_entries():
+        table = tables[entry.section]
+        role = table._role
+        row = {f"{role}_fn": entry.fn, f"{role}_comment": entry.comment}
+        problems += row_problems(table, row, entry.label)
+    for seed in plan.seeds:
+        problems += row_problems(configs.Seed, {"seed": seed}, "seeds")
+    if needs_mei:
+        for seed in plan.mei_seeds:
+            problems += row_problems(mei_tables.MEISeed, {"mei_seed": seed}, MEI_SEEDS)
+    if plan.experiment is not None:
+        row = {
+            "experiment_name": plan.experiment["name"],
+            "experiment_comment": plan.experiment.get("comment"),
+        }
+        problems += row_problems(configs.Experiments, row, "experiment")
+    if plan.fabrikant is not None:
+        row = {
+            "fabrikant_name": plan.fabrikant["name"],
+            "email": plan.fabrikant.get("email"),
+            "affiliation": plan.fabrikant.get("affiliation"),
+        }
+        problems += row_problems(configs.Fabrikant, row, "fabrikant")
+    return problems
 
 
 def _fabrikant_name(schemas: Any, fabrikant: dict[str, str] | None) -> str | None:
@@ -421,27 +567,58 @@ def register_plan(plan: Plan, schemas: Any) -> dict[str, list[dict[str, Any]]]:
         plan: from :func:`parse_plan`, already checked by :func:`validate_plan`.
         schemas: the activated ``schemas`` package.
 
+    Everything is inserted in one transaction: when any row fails, nothing of the file stays.
+
     Returns:
         ``{"dataset": [key, ...], "model": [...], "trainer": [...], "seed": [{"seed": s}, ...],
         "mei_method": [...], "mei_seed": [{"mei_seed": s}, ...]}``, keys in the order of ``plan``
         (existing rows are reused, not duplicated).
+
+    Raises:
+        RegistrationError: the database refused a row (the message names the entry); nothing was written.
     """
+    from schemas.configs import atomic
+
+    step = ["the fabrikant"]
+    try:
+        with atomic(schemas.Dataset.connection):
+            return _insert_plan(plan, schemas, step)
+    except RegistrationError:
+        raise
+    except (ValueError, TypeError) as err:  # our own checks (add_entry validates again)
+        raise RegistrationError([f"{step[0]}: {err}; nothing was written"]) from err
+    except Exception as err:  # driver errors (pymysql, psycopg2, datajoint) have no common base
+        raise RegistrationError(
+            [f"{step[0]}: the database refused it ({type(err).__name__}: {err}); nothing was written"]
+        ) from err
+
+
+def _insert_plan(plan: Plan, schemas: Any, step: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The inserts of :func:`register_plan`; ``step[0]`` names what is being inserted (for messages)."""
     fabrikant = _fabrikant_name(schemas, plan.fabrikant)
     tables = {"dataset": schemas.Dataset, "model": schemas.Model, "trainer": schemas.Trainer}
     keys: dict[str, list[dict[str, Any]]] = {}
-    for section in SECTIONS:
-        keys[section] = [_add_config(tables[section], e, fabrikant, schemas) for e in plan.entries[section]]
+    tables[MEI_SECTION] = schemas.MEIMethod
+    for section in (*SECTIONS, MEI_SECTION):
+        keys[section] = []
+        for e in plan.entries.get(section, []):
+            step[0] = e.label
+            keys[section].append(_add_config(tables[section], e, fabrikant, schemas))
+    step[0] = "seeds"
     if plan.seeds:
         schemas.Seed().insert([{"seed": s} for s in plan.seeds], skip_duplicates=True)
     keys["seed"] = [{"seed": s} for s in plan.seeds]
-    keys[MEI_SECTION] = [
-        _add_config(schemas.MEIMethod, e, fabrikant, schemas) for e in plan.entries.get(MEI_SECTION, [])
-    ]
+    step[0] = MEI_SEEDS
     if plan.mei_seeds:
         schemas.MEISeed().insert([{"mei_seed": s} for s in plan.mei_seeds], skip_duplicates=True)
     keys["mei_seed"] = [{"mei_seed": s} for s in plan.mei_seeds]
     if plan.experiment is not None:
+        step[0] = "experiment"
         _add_experiment(schemas, plan.experiment, fabrikant, keys)
+    if plan.transfer:
+        from .transfer_plan import register_transfers
+
+        keys["transfer"] = register_transfers(plan, schemas, keys)
     return keys
 
 

@@ -18,7 +18,7 @@ def compact_keys(df: pd.DataFrame, digits: int = 8) -> pd.DataFrame:
 
     ``pipeline.models.stacked_core_full_gauss_readout`` + ``3f9a…`` becomes
     ``stacked_core_full_gauss_readout:3f9a2c1b`` (the function name and the first ``digits`` hex
-    digits of the hash), so key columns fit a terminal.
+    digits of the hash), so key columns fit a terminal. Rows that lack the key (NaN or None) get None.
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -29,12 +29,19 @@ def compact_keys(df: pd.DataFrame, digits: int = 8) -> pd.DataFrame:
         fn, digest = f"{role}_fn", f"{role}_hash"
         if fn in out.columns and digest in out.columns:
             position = list(out.columns).index(fn)
+            # a row without this key (a DataInfo error among TrainedModel errors) gets an empty cell
             combined = [
-                f"{str(f).rsplit('.', 1)[-1]}:{str(h)[:digits]}" for f, h in zip(out[fn], out[digest])
+                f"{str(f).rsplit('.', 1)[-1]}:{str(h)[:digits]}" if _present(f) and _present(h) else None
+                for f, h in zip(out[fn], out[digest])
             ]
             out = out.drop(columns=[fn, digest])
             out.insert(min(position, len(out.columns)), role, combined)
     return out
+
+
+def _present(value: Any) -> bool:
+    """False for None and NaN (a key column a row does not have)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def format_value(value: Any, digits: int = 4, max_chars: int = 60) -> str:
@@ -144,13 +151,20 @@ def plan_table(entries: Iterable[Any], title: str, keys: Iterable[Mapping[str, A
     return table
 
 
-def status_group(job_status: pd.DataFrame, running: pd.DataFrame, title: str = "pipeline status"):
+def status_group(
+    job_status: pd.DataFrame,
+    running: pd.DataFrame,
+    title: str = "pipeline status",
+    degenerate: pd.DataFrame | None = None,
+):
     """The ``sysid status`` view: per-table job counts above the running jobs.
 
     Args:
         job_status: one row per computed table with done/pending/reserved/error counts.
         running: one row per running job (host, key, epoch, validation score ...).
         title: title of the counts table.
+        degenerate: trained models flagged degenerate (``schemas.degenerate_models()``): a warning
+            line when there are any.
     """
     from rich.console import Group
     from rich.text import Text
@@ -174,6 +188,14 @@ def status_group(job_status: pd.DataFrame, running: pd.DataFrame, title: str = "
             dataframe_table(
                 compact_keys(running[dead]),
                 title="reserved by workers presumed dead (lease expired; the next worker's sweep re-pends them)",
+            )
+        )
+    if degenerate is not None and not degenerate.empty:
+        parts.append(
+            Text(
+                f"{len(degenerate)} trained model(s) degenerate (constant predictions, score ≈ 0): "
+                "`sysid errors` lists them",
+                style="yellow",
             )
         )
     return Group(*parts)

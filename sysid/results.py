@@ -7,6 +7,8 @@ import pandas as pd
 
 from schemas.columns import CONFIG_ROLES
 
+from .safe_filter import FilterError, filter_rows
+
 __all__ = [
     "SCORE_COLUMNS",
     "results_table",
@@ -42,7 +44,8 @@ def select_rows(
 
     Args:
         df: the results (e.g. from :func:`schemas.results`).
-        filter_expr: a pandas ``DataFrame.query`` expression, e.g. ``"score > 0.2 and seed == 1"``;
+        filter_expr: comparisons of columns with literals joined by and/or/not (see
+            :mod:`sysid.safe_filter`; never evaluated as Python), e.g. ``"score > 0.2 and seed == 1"``;
             column names with dots go in backticks: ``"`model.layers` == 2"``.
         sort: column to sort by (default: ``score`` when present).
         ascending: sort ascending (default descending: best scores first).
@@ -56,14 +59,9 @@ def select_rows(
     """
     if filter_expr:
         try:
-            df = df.query(filter_expr, engine="python")
-        except Exception as err:  # pandas raises NameError, SyntaxError, KeyError, TypeError ...
-            raise ValueError(
-                f"bad --filter expression {filter_expr!r}: {type(err).__name__}: {err}. "
-                f"Columns: {', '.join(map(str, df.columns))}"
-            ) from None
-        if not isinstance(df, pd.DataFrame):
-            raise ValueError(f"--filter expression {filter_expr!r} must be a condition, e.g. 'score > 0.2'")
+            df = filter_rows(df, filter_expr)
+        except FilterError as err:
+            raise ValueError(f"bad --filter expression {filter_expr!r}: {err}") from None
     if sort is None and "score" in df.columns:
         sort = "score"
     if sort is not None:

@@ -34,7 +34,7 @@ def test_resolve_fn_finds_functions_and_sinzlab_aliases():
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("no_such_module.fn", "cannot import"),
+        ("tests.no_such_module.fn", "cannot import"),
         ("tests.toy_fns.no_such_fn", "no function 'no_such_fn'"),
         ("nodots", "package.module.function"),
         ("tests.toy_fns.torch", "not a function"),

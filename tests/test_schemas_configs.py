@@ -24,10 +24,11 @@ def test_same_config_twice_gives_one_row(empty_db):
 def test_types_are_kept_in_the_hash(empty_db):
     from schemas import Dataset
 
-    k_int = Dataset.add_entry("tests.toy_fns.toy_dataset", {"n_trials": 8})
-    k_str = Dataset.add_entry("tests.toy_fns.toy_dataset", {"n_trials": "8"})
+    # typed validation checks values and never converts them: where both are valid they stay two configs
+    k_int = Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {"label": 8})
+    k_str = Dataset.add_entry("tests.toy_fns.toy_labelled_dataset", {"label": "8"})
     assert k_int != k_str and len(Dataset()) == 2
-    configs = sorted(repr(r["dataset_config"]["n_trials"]) for r in Dataset().to_dicts())
+    configs = sorted(repr(r["dataset_config"]["label"]) for r in Dataset().to_dicts())
     assert configs == ["'8'", "8"]
 
 
@@ -35,7 +36,7 @@ def test_types_are_kept_in_the_hash(empty_db):
     ("fn", "config", "message"),
     [
         ("tests.toy_fns.not_there", {}, "no function"),
-        ("nowhere.toy_trainer", {}, "cannot import"),
+        ("tests.nowhere.toy_trainer", {}, "cannot import"),
         ("tests.toy_fns.toy_trainer", {"epochz": 3}, "does not accept"),
         ("tests.toy_fns.toy_trainer", {"epochs": {3}}, "set"),
     ],

@@ -26,6 +26,11 @@ def toy_dataset(seed: int = 0, n_trials: int = 40, n_inputs: int = 5, n_neurons:
     return tiers
 
 
+def toy_labelled_dataset(label: int | str = 0, **kwargs) -> dict:
+    """:func:`toy_dataset` under a label that may be an int or a string (8 and "8": two valid configs)."""
+    return toy_dataset(**kwargs)
+
+
 def toy_model(
     dataloaders=None, seed: int | None = None, data_info=None, bias: bool = True
 ) -> torch.nn.Module:

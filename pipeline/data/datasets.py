@@ -202,7 +202,7 @@ class StaticDataset:
         arrays = None
         self.from_cache = False
         if use_cache:
-            key = self._cache_key(source, neurons, trials, statistics)
+            key = self._cache_key(source, neurons, trials, statistics, fields, n_trials)
             arrays = _cache.load_entry(key, cache_dir)
             if arrays is not None and not all(f in arrays for f in fields + ["fingerprint"]):
                 arrays = None
@@ -264,13 +264,20 @@ class StaticDataset:
                     raise ValueError(f"{self.path}: meta/statistics/{field}/all/{name}.npy is missing")
         return statistics
 
-    def _cache_key(self, source: FileTreeSource, neurons, trials, statistics) -> str:
+    def _cache_key(
+        self, source: FileTreeSource, neurons, trials, statistics, fields: list[str], n_trials: int
+    ) -> str:
         # The listing signature catches added/removed/resized/touched files; hashing the (small) meta
-        # arrays as well catches edits that keep size and time stamp.
+        # arrays and the bytes of a sample of each field's trial files as well catches edits that keep
+        # size and time stamp (of the meta files always, of the trial files where the sample sees them).
         digest = hashlib.blake2b(digest_size=20)
         digest.update(f"format{_cache.CACHE_FORMAT}\0{source.signature()}".encode())
         for name, arr in _iter_meta(neurons, trials, statistics):
             _hash_array(digest, name, arr)
+        for rel in _sampled_trial_files(fields, n_trials):
+            if source.exists(rel):
+                digest.update(f"{rel}\0".encode())
+                digest.update(source.read_bytes(rel))
         return digest.hexdigest()
 
     @staticmethod
@@ -350,6 +357,18 @@ def _iter_meta(neurons: dict, trials: dict, statistics: dict):
         for kind in sorted(statistics[field]):
             for name in sorted(statistics[field][kind]):
                 yield f"statistics/{field}/{kind}/{name}", statistics[field][kind][name]
+
+
+#: trial files per field whose bytes go into the cache key (evenly spaced, first and last included)
+CACHE_KEY_SAMPLES = 32
+
+
+def _sampled_trial_files(fields: list[str], n_trials: int) -> list[str]:
+    """The trial files whose contents the cache key hashes: :data:`CACHE_KEY_SAMPLES` per field."""
+    if n_trials <= 0:
+        return []
+    indices = sorted({int(round(i)) for i in np.linspace(0, n_trials - 1, min(n_trials, CACHE_KEY_SAMPLES))})
+    return [f"data/{field}/{i}.npy" for field in fields for i in indices]
 
 
 def _hash_array(digest, name: str, arr: np.ndarray) -> None:

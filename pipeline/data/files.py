@@ -174,6 +174,12 @@ def open_source(path: str | os.PathLike, num_workers: int | None = None) -> File
 
 def read_npy_bytes(raw: bytes, name: str) -> np.ndarray:
     """Parse one .npy file's bytes (no pickles allowed); ``name`` is used in error messages."""
+    if not raw.startswith(b"\x93NUMPY"):
+        # numpy would try to unpickle it and suggest allow_pickle=True, which is never the fix
+        raise ValueError(
+            f"cannot read {name}: it is not a .npy file (no .npy header; {len(raw)} bytes): "
+            "the file is damaged or not part of a Sensorium dataset"
+        )
     try:
         return np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as err:  # a truncated or foreign file: say which one

@@ -32,6 +32,7 @@ from itertools import zip_longest
 import numpy as np
 import torch
 
+from pipeline.config_types import PositiveFloat, PositiveInt
 from pipeline.contracts import ordered_tiers, resolve_device
 
 from .datasets import ArrayNamespace, StaticDataset, get_data_key
@@ -606,7 +607,7 @@ def _per_path(value, n_paths: int, name: str) -> list:
 
 def static_loaders(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
-    batch_size: int,
+    batch_size: PositiveInt,
     seed: int | None = None,
     areas: list | None = None,
     layers: list | None = None,
@@ -627,7 +628,7 @@ def static_loaders(
     file_tree: bool = True,
     inputs_mean: float | None = None,
     inputs_std: float | None = None,
-    scale: float | None = None,
+    scale: PositiveFloat | None = None,
     include_eye_position: bool = False,
     add_eye_pos_as_channels: bool | None = None,
     return_test_sampler: bool = False,

@@ -12,6 +12,10 @@ so tests can check that training recovers it:
   ``drive = gain[n] * z + bias[n]`` where ``z`` is that pooled feature standardised over all stimuli;
   ``rate = rate_scale[n] * softplus(drive)``; responses are Poisson draws of the rate (or the rate
   itself with ``noise="none"``, or rate + Gaussian noise of std ``sqrt(rate)`` clipped at 0);
+* ``features="energy"``: a neuron reads the Gabor energy ``sqrt(even^2 + odd^2)`` (quadrature pair)
+  of one orientation instead, a nonlinear feature; :func:`make_multi_session_datasets` writes several
+  such sessions (own images, neurons and RF positions; the same feature basis), so a core learned on
+  some sessions transfers to the others;
 * cortex: ``cell_motor_coordinates`` (x, y, z in micrometres); RF positions are a rotated, scaled
   linear map of cortical (x, y) plus small Gaussian scatter (``rf_scatter``), so cortex predicts RFs;
 * behaviour (pupil dilation, its derivative, running speed) and pupil centre are smooth random walks
@@ -35,7 +39,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +48,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "FEATURE_TYPES",
     "gabor_filters",
     "linear_filters",
     "load_ground_truth",
+    "make_multi_session_datasets",
     "make_synthetic_dataset",
     "pink_noise_images",
     "zip_dataset",
@@ -83,14 +89,18 @@ def pink_noise_images(
     return images[:, None].astype(np.float32)
 
 
-def gabor_filters(n_features: int, size: int = 9, wavelength: float = 6.0, sigma: float = 2.0) -> np.ndarray:
-    """Zero-mean, unit-norm even Gabor filters at ``n_features`` evenly spaced orientations.
+def gabor_filters(
+    n_features: int, size: int = 9, wavelength: float = 6.0, sigma: float = 2.0, phase: float = 0.0
+) -> np.ndarray:
+    """Zero-mean, unit-norm Gabor filters at ``n_features`` evenly spaced orientations.
 
     Args:
         n_features: number of orientations (0, pi/n, 2pi/n, ...).
         size: odd filter side length in pixels.
         wavelength: carrier wavelength in pixels.
         sigma: Gaussian envelope std in pixels.
+        phase: carrier phase in radians: 0 gives even (cosine) filters, pi/2 odd (sine) ones, the
+            quadrature partners of the even ones (for energy features).
 
     Returns:
         float64 array (n_features, size, size).
@@ -103,7 +113,7 @@ def gabor_filters(n_features: int, size: int = 9, wavelength: float = 6.0, sigma
     for k in range(n_features):
         theta = np.pi * k / n_features
         along = xx * np.cos(theta) + yy * np.sin(theta)
-        g = np.exp(-(xx**2 + yy**2) / (2 * sigma**2)) * np.cos(2 * np.pi * along / wavelength)
+        g = np.exp(-(xx**2 + yy**2) / (2 * sigma**2)) * np.cos(2 * np.pi * along / wavelength + phase)
         g -= g.mean()
         filters.append(g / np.linalg.norm(g))
     return np.stack(filters)
@@ -136,10 +146,13 @@ def _pooled_features(
     rf_y: np.ndarray,
     pool_sigma: float,
     chunk: int = 512,
+    odd_filters: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each neuron's Gaussian-pooled feature for every image: (n_images, N) float64.
 
-    The feature maps are computed once per feature. The pooling Gaussian is normalised over the
+    The feature maps are computed once per feature: ``conv(filter, image)``, or with ``odd_filters``
+    (the quadrature partners) the energy ``sqrt(conv(even)^2 + conv(odd)^2)``, a phase-invariant,
+    nonlinear feature (complex-cell-like) that a linear readout of the image cannot give. The pooling Gaussian is normalised over the
     image and is separable (rows x columns); its weights farther than ``9 * pool_sigma`` from the
     centre are below 3e-18 of the peak, under float64 resolution, so each neuron reads only that
     window of its map: O(images x neurons x window) work, which keeps thousands of neurons on
@@ -155,6 +168,10 @@ def _pooled_features(
     offsets = torch.arange(2 * r + 1)
     with torch.no_grad():
         maps = _feature_maps(torch.from_numpy(standardized), torch.from_numpy(filters))
+        if odd_filters is not None:
+            maps = torch.sqrt(
+                maps**2 + _feature_maps(torch.from_numpy(standardized), torch.from_numpy(odd_filters)) ** 2
+            )
         # zero padding by r: a window may reach past the image, where the weights are zero
         maps = F.pad(maps, (r, r, r, r))
         n_features, hp, wp = maps.shape[1:]
@@ -235,6 +252,7 @@ def make_synthetic_dataset(
     areas: tuple[str, ...] = ("V1",),
     layers: tuple[str, ...] = ("L2/3",),
     overwrite: bool = False,
+    features: str = "linear",
 ) -> Path:
     """Write a synthetic dataset in the Sensorium file-tree format, with its ground truth beside it.
 
@@ -258,6 +276,10 @@ def make_synthetic_dataset(
         noise: "poisson" (default), "gaussian" (std sqrt(rate), clipped at 0) or "none".
         areas, layers: labels assigned to neurons in turn (e.g. ("V1", "LM") makes half of them LM).
         overwrite: replace an existing folder at ``path``.
+        features: "linear" (default): a neuron reads one Gabor feature map; "energy": it reads the
+            Gabor energy ``sqrt(even^2 + odd^2)`` of one orientation (a nonlinear feature basis shared by
+            every dataset made with the same ``n_features`` and ``filter_size``: the ground truth of
+            :func:`make_multi_session_datasets`, where a core learned on some sessions transfers).
 
     Returns:
         The dataset folder's path.
@@ -282,6 +304,8 @@ def make_synthetic_dataset(
         raise ValueError(f"rf_range must lie in (0, 1), got {rf_range}")
     if noise not in ("poisson", "gaussian", "none"):
         raise ValueError(f"noise must be 'poisson', 'gaussian' or 'none', got {noise!r}")
+    if features not in FEATURE_TYPES:
+        raise ValueError(f"features must be one of {FEATURE_TYPES}, got {features!r}")
     target = Path(path).expanduser()
     if session is None:
         named = re.search(r"static(\d+-\d+-\d+)", target.name)
@@ -326,10 +350,15 @@ def make_synthetic_dataset(
     biases = rng.uniform(*bias_range, n_neurons)
     rate_scale = rng.uniform(*rate_scale_range, n_neurons)
     filters = gabor_filters(n_features, size=filter_size)
+    odd_filters = (
+        gabor_filters(n_features, size=filter_size, phase=np.pi / 2) if features == "energy" else None
+    )
 
     # ---- noise-free rates for every distinct image
     standardized = (images[:, 0].astype(np.float64) - 128.0) / 50.0
-    pooled = _pooled_features(standardized, filters, feature_index, rf_x, rf_y, pool_sigma)  # (n_distinct, N)
+    pooled = _pooled_features(
+        standardized, filters, feature_index, rf_x, rf_y, pool_sigma, odd_filters=odd_filters
+    )  # (n_distinct, N)
     pooled_mean, pooled_std = pooled.mean(axis=0), pooled.std(axis=0)
     z = (pooled - pooled_mean) / pooled_std
     rates = rate_scale * np.logaddexp(0.0, gains * z + biases)  # softplus, numerically safe
@@ -420,6 +449,7 @@ def make_synthetic_dataset(
             feature_index=feature_index,
             features=np.eye(n_features)[feature_index] * gains[:, None],
             filters=filters,
+            **({"odd_filters": odd_filters} if odd_filters is not None else {}),
             gains=gains,
             biases=biases,
             rate_scale=rate_scale,
@@ -443,6 +473,7 @@ def make_synthetic_dataset(
             "rf_range": float(rf_range),
             "rf_scatter": float(rf_scatter),
             "pool_sigma": float(pool_sigma),
+            "features": features,
             "noise": {"type": noise, "description": _NOISE_TEXT[noise]},
             "model": "rate = rate_scale * softplus(gains * (pooled - pooled_mean) / pooled_std + biases); "
             "pooled = Gaussian(pool_sigma px at rf_x, rf_y)-weighted sum of conv(filters[feature_index], "
@@ -461,6 +492,76 @@ def make_synthetic_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+#: the ground-truth feature types of :func:`make_synthetic_dataset`
+FEATURE_TYPES = ("linear", "energy")
+
+
+def make_multi_session_datasets(
+    root: str | os.PathLike,
+    n_sessions: int = 4,
+    n_neurons: int | Sequence[int] = 60,
+    n_train: int | Sequence[int] = 1500,
+    seed: int = 0,
+    features: str = "energy",
+    first_session: int = 90001,
+    **kwargs: Any,
+) -> list[Path]:
+    """Several synthetic sessions whose neurons read out the same nonlinear feature basis.
+
+    Session ``i`` is the dataset ``root / f"static{first_session + i}-1-1-synthetic"`` made by
+    :func:`make_synthetic_dataset` with seed ``seed + 1000 * i``: its own images, neurons, receptive-field
+    positions, gains and noise, but the same features (Gabor energy of ``n_features`` orientations by
+    default), so a core learned on some sessions serves the others (Lurz et al. 2021's transfer).
+
+    Args:
+        root: folder the sessions go in (created).
+        n_sessions: number of sessions.
+        n_neurons, n_train: per session, one value for all or one per session.
+        seed: base seed.
+        features: the shared feature type (:data:`FEATURE_TYPES`).
+        first_session: the first session's animal id (the data key is ``"<id>-1-1"``).
+        **kwargs: passed to every :func:`make_synthetic_dataset` call (``n_validation``,
+            ``image_shape``, ``n_features``, ``noise``, ``overwrite`` ...).
+
+    Returns:
+        The session folders, in order.
+
+    Raises:
+        ValueError: a per-session list of the wrong length, or a bad option.
+    """
+    if isinstance(n_sessions, bool) or not isinstance(n_sessions, int) or n_sessions < 1:
+        raise ValueError(f"n_sessions must be a positive integer, got {n_sessions!r}")
+    for name in ("seed", "session", "path"):
+        if name in kwargs:
+            raise ValueError(f"make_multi_session_datasets sets {name!r} itself for every session")
+
+    def per_session(name: str, value: int | Sequence[int]) -> list[int]:
+        if isinstance(value, int | np.integer):
+            return [int(value)] * n_sessions
+        values = [int(v) for v in value]
+        if len(values) != n_sessions:
+            raise ValueError(f"{name} has {len(values)} entries for {n_sessions} sessions")
+        return values
+
+    neurons, trains = per_session("n_neurons", n_neurons), per_session("n_train", n_train)
+    base = Path(root).expanduser()
+    paths = []
+    for i in range(n_sessions):
+        session = f"{first_session + i}-1-1"
+        paths.append(
+            make_synthetic_dataset(
+                base / f"static{session}-synthetic",
+                n_neurons=neurons[i],
+                n_train=trains[i],
+                seed=seed + 1000 * i,
+                session=session,
+                features=features,
+                **kwargs,
+            )
+        )
+    return paths
 
 
 _NOISE_TEXT = {
@@ -555,6 +656,10 @@ def linear_filters(truth: Mapping[str, Any] | str | os.PathLike) -> np.ndarray:
     """
     if not isinstance(truth, Mapping):
         truth = load_ground_truth(truth)
+    if truth.get("features", "linear") != "linear":
+        raise ValueError(
+            f"the neurons of a {truth['features']!r}-feature dataset have no linear filter (their feature is nonlinear)"
+        )
     try:
         shape = tuple(int(v) for v in truth["image_shape"])
         return _effective_filters(
@@ -620,6 +725,12 @@ def main(argv: list[str] | None = None) -> Path:
         help="<animal>-<session>-<scan> (default: from a static<a>-<s>-<c>-... folder name, else 90001-1-1)",
     )
     parser.add_argument("--noise", choices=["poisson", "gaussian", "none"], default="poisson")
+    parser.add_argument(
+        "--features",
+        choices=list(FEATURE_TYPES),
+        default="linear",
+        help="ground-truth features: linear Gabor maps (default) or Gabor energy (nonlinear)",
+    )
     parser.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
@@ -635,6 +746,7 @@ def main(argv: list[str] | None = None) -> Path:
         session=args.session,
         noise=args.noise,
         overwrite=args.overwrite,
+        features=args.features,
     )
     print(f"wrote {path}")
     if args.zip:

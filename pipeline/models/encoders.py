@@ -60,6 +60,51 @@ class FiringRateEncoder(nn.Module):
         self.shifter = shifter
         self.modulator = modulator
         self.offset = float(elu_offset)
+        #: the core is frozen (see :meth:`freeze_core`): no gradient, no regularizer, eval mode
+        self.core_frozen = False
+        #: the core's own learning rate (see :meth:`parameter_groups`); None: the trainer's
+        self.core_lr: float | None = None
+
+    def freeze_core(self, frozen: bool = True) -> FiringRateEncoder:
+        """Freeze (or unfreeze) the core, for transfer learning with a pretrained core.
+
+        A frozen core gets no gradient (its parameters have ``requires_grad=False`` and its output is
+        detached), adds no regularizer, and stays in eval mode when the model is put in train mode, so
+        its batch-norm running statistics are those of the data it was trained on. Not part of the
+        state dict: a loaded model is unfrozen.
+
+        Returns:
+            The model itself.
+        """
+        self.core_frozen = bool(frozen)
+        for parameter in self.core.parameters():
+            parameter.requires_grad_(not self.core_frozen)
+        self.train(self.training)
+        return self
+
+    def train(self, mode: bool = True) -> FiringRateEncoder:
+        """``nn.Module.train``, except that a frozen core stays in eval mode."""
+        super().train(mode)
+        if self.core_frozen:
+            self.core.eval()
+        return self
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """The optimiser's parameter groups: the core at ``core_lr`` (when set), the rest at ``lr``.
+
+        Frozen-core parameters are left out; with neither a frozen core nor ``core_lr``, one group of
+        every parameter in ``parameters()`` order (what ``Adam(model.parameters())`` sees). The trainer (``standard_trainer``) builds its Adam
+        optimiser from these groups.
+        """
+        if not self.core_frozen and self.core_lr is None:  # one group, in parameters() order
+            return [{"params": list(self.parameters()), "lr": lr}]
+        core_ids = {id(p) for p in self.core.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in core_ids and p.requires_grad]
+        if self.core_frozen:
+            return [{"params": rest, "lr": lr}]
+        core = [p for p in self.core.parameters() if p.requires_grad]
+        core_lr = float(self.core_lr)
+        return [{"params": rest, "lr": lr}, {"params": core, "lr": core_lr}]
 
     @property
     def data_keys(self) -> list[str]:
@@ -104,7 +149,11 @@ class FiringRateEncoder(nn.Module):
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs must be a tensor of images (B, C, H, W), got {type(inputs).__name__}")
         data_key = self._resolve_data_key(data_key)
-        x = self.core(inputs)
+        if self.core_frozen and self.training:  # no graph through a frozen core while training
+            with torch.no_grad():
+                x = self.core(inputs)
+        else:
+            x = self.core(inputs)
         if detach_core:
             x = x.detach()
 
@@ -154,7 +203,7 @@ class FiringRateEncoder(nn.Module):
             sessions = keys
         else:
             sessions = [self._resolve_data_key(data_key)]
-        core_reg = self.core.regularizer()
+        core_reg = 0.0 if self.core_frozen else self.core.regularizer()
         if detach_core and isinstance(core_reg, torch.Tensor):
             core_reg = core_reg.detach()
         reg = None

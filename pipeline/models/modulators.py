@@ -120,8 +120,25 @@ class MLPModulator(nn.ModuleDict):
         if not isinstance(n_neurons, Mapping) or not n_neurons:
             raise TypeError(f"n_neurons must be a non-empty dict {{data_key: N}}, got {n_neurons!r}")
         self.gamma_modulator = float(gamma_modulator)
+        self._session_args = (input_channels, hidden_channels, layers, bias)
         for key, n in n_neurons.items():
             self.add_module(key, MLP(int(n), input_channels, hidden_channels, layers, bias=bias))
+
+    def add_sessions(self, n_neurons: Mapping[str, int]) -> list[str]:
+        """Add a freshly initialised modulator per new session ``{data_key: N}``; returns the keys.
+
+        Raises:
+            ValueError: a session that exists already.
+        """
+        existing = [k for k in n_neurons if k in self]
+        if existing:
+            raise ValueError(f"sessions {existing} exist already; add_sessions adds new ones only")
+        channels, hidden, layers, bias = self._session_args
+        for key, n in n_neurons.items():
+            module = MLP(int(n), channels, hidden, layers, bias=bias)
+            module.initialize()
+            self.add_module(key, module)
+        return list(n_neurons)
 
     def initialize(self, **kwargs) -> None:
         """Re-initialise every session (initial gain 1); keyword arguments are ignored."""

@@ -37,6 +37,20 @@ def _check_data_keys(data_keys: Iterable[str]) -> list[str]:
     return keys
 
 
+def _add_sessions(modules: nn.ModuleDict, data_keys: Iterable[str], make) -> list[str]:
+    """Add ``make()`` under each new key of ``data_keys`` to ``modules`` (a ValueError for an existing key)."""
+    keys = _check_data_keys(data_keys)
+    existing = [k for k in keys if k in modules]
+    if existing:
+        raise ValueError(f"sessions {existing} exist already; add_sessions adds new ones only")
+    for key in keys:
+        module = make()
+        if hasattr(module, "initialize"):
+            module.initialize()
+        modules.add_module(key, module)
+    return keys
+
+
 def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -143,8 +157,13 @@ class MLPShifter(nn.ModuleDict):
     ):
         super().__init__()
         self.gamma_shifter = float(gamma_shifter)
+        self._session_args = (input_channels, hidden_channels_shifter, shift_layers)
         for key in _check_data_keys(data_keys):
-            self.add_module(key, MLP(input_channels, hidden_channels_shifter, shift_layers))
+            self.add_module(key, MLP(*self._session_args))
+
+    def add_sessions(self, data_keys: Iterable[str]) -> list[str]:
+        """Add a freshly initialised shifter per new session (same sizes as the others); returns the keys."""
+        return _add_sessions(self, data_keys, lambda: MLP(*self._session_args))
 
     def initialize(self, **kwargs) -> None:
         """Re-initialise every session's MLP (see :meth:`MLP.initialize`); keyword arguments are ignored."""
@@ -216,8 +235,14 @@ class StaticAffine2dShifter(nn.ModuleDict):
     ):
         super().__init__()
         self.gamma_shifter = float(gamma_shifter)
+        self._session_args = (input_channels, output_channels, bias)
         for key in _check_data_keys(data_keys):
             self.add_module(key, StaticAffine2d(input_channels, output_channels, bias=bias))
+
+    def add_sessions(self, data_keys: Iterable[str]) -> list[str]:
+        """Add a freshly initialised shifter per new session (same sizes as the others); returns the keys."""
+        i, o, b = self._session_args
+        return _add_sessions(self, data_keys, lambda: StaticAffine2d(i, o, bias=b))
 
     def initialize(self, bias: dict[str, torch.Tensor] | None = None) -> None:
         """Re-initialise every session; ``bias`` optionally gives ``{data_key: bias}``."""

@@ -24,8 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.config_types import (
+    LearningRate,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    UnitInterval,
+)
 from pipeline.contracts import is_tier_dict, resolve_device, tier_loaders
 from pipeline.measures import get_correlations, get_poisson_loss
+from pipeline.training.cpu_memory import reuse_freed_memory
 from pipeline.training.cyclers import LongCycler
 from pipeline.training.early_stopping import EarlyStopping, copy_state
 from pipeline.training.loss import BatchLoss
@@ -100,24 +109,25 @@ def standard_trainer(
     loss_accum_batch_n: int | None = None,
     device: str | torch.device = "cuda",
     verbose: bool = True,
-    interval: int = 1,
-    patience: int = 5,
-    epoch: int = 0,
-    lr_init: float = 0.005,
-    max_iter: int = 200,
+    interval: PositiveInt = 1,
+    patience: NonNegativeInt = 5,
+    epoch: NonNegativeInt = 0,
+    lr_init: LearningRate = 0.005,
+    max_iter: PositiveInt = 200,
     maximize: bool = True,
-    tolerance: float = 1e-6,
+    tolerance: NonNegativeFloat = 1e-6,
     restore_best: bool = True,
-    lr_decay_steps: int = 3,
-    lr_decay_factor: float = 0.3,
-    min_lr: float = 0.0001,
+    lr_decay_steps: PositiveInt = 3,
+    lr_decay_factor: UnitInterval = 0.3,
+    min_lr: NonNegativeFloat = 0.0001,
     track_training: bool = False,
     return_test_score: bool = False,
     detach_core: bool = False,
     progress: bool = True,
     amp: str | None = None,
     compile: bool = False,
-    max_seconds: float | None = None,
+    max_seconds: PositiveFloat | None = None,
+    reuse_cpu_memory: bool = True,
 ) -> tuple[float, dict[str, Any], dict[str, torch.Tensor]]:
     """Train ``model`` with Adam, a Poisson loss, LR decay on plateaus and early stopping.
 
@@ -166,7 +176,10 @@ def standard_trainer(
         min_lr: the LR floor.
         track_training: also record the validation Poisson loss every evaluated epoch.
         return_test_score: also compute the test correlation (``output["test_correlation"]``).
-        detach_core: train the readouts only (no gradient into the core, no core regularizer).
+        detach_core: train the readouts only (no gradient into the core, no core regularizer);
+            implied when the model's core is frozen (``model.core_frozen``). A model with
+            ``parameter_groups(lr)`` (``FiringRateEncoder``: the core's own ``core_lr``) gets its
+            Adam groups from it.
         progress: show a tqdm bar over epochs.
         amp: "bf16" runs forward passes under bfloat16 autocast on CUDA; None (default) or on the
             CPU: full precision.
@@ -174,6 +187,11 @@ def standard_trainer(
             the CPU).
         max_seconds: stop cleanly (best state restored) after the first epoch that ends past this
             many seconds of training.
+        reuse_cpu_memory: on the CPU, keep freed memory in the process while training so the next
+            step reuses it (glibc ``mallopt``, see :mod:`pipeline.training.cpu_memory`; the SOTA
+            model's steps spend ~1/3 of their time page-faulting fresh memory otherwise). The
+            numbers computed are the same either way; the process keeps its peak heap until training
+            ends. False: glibc's defaults.
 
     Returns:
         ``(score, output, state_dict)``: the mean validation correlation (stop function) of the
@@ -198,6 +216,8 @@ def standard_trainer(
         resume_state,
     )
     dev = resolve_device(device)
+    # a model whose core is frozen (FiringRateEncoder.freeze_core) trains like detach_core=True
+    detach_core = bool(detach_core or getattr(model, "core_frozen", False))
     seed = set_seed(seed)
     forward_model = _place_model(model, dev, compile)
     stop_measure = _STOP_FUNCTIONS[stop_function]
@@ -241,47 +261,51 @@ def standard_trainer(
     )
 
     bar = _progress_bar(progress and verbose, total=max_iter - epoch, initial=stopper.epoch - epoch, uid=uid)
-    try:
-        for current in stopper.epochs():
-            epoch_start = time.perf_counter()
-            train_loss = _train_epoch(run, batch_loss, step_every, current)
-            value = stopper.end_epoch(model)
-            if track_training:
-                run.record(
-                    val_poisson_loss=float(get_poisson_loss(model, validation, device=dev, per_neuron=False))
-                    if value is not None
-                    else None
+    # freed activation tensors are reused by the next step instead of being page-faulted anew
+    with reuse_freed_memory(reuse_cpu_memory and dev.type == "cpu"):
+        try:
+            for current in stopper.epochs():
+                epoch_start = time.perf_counter()
+                train_loss = _train_epoch(run, batch_loss, step_every, current)
+                value = stopper.end_epoch(model)
+                if track_training:
+                    run.record(
+                        val_poisson_loss=float(
+                            get_poisson_loss(model, validation, device=dev, per_neuron=False)
+                        )
+                        if value is not None
+                        else None
+                    )
+                lr = float(run.optimizer.param_groups[0]["lr"])
+                seconds = time.perf_counter() - epoch_start
+                run.record(train_loss=train_loss, val_correlation=value, lr=lr, epoch_seconds=seconds)
+                if max_seconds is not None and run.elapsed() >= max_seconds:
+                    stopper.stop(model, "max_seconds")
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{train_loss:.4g}",
+                    val=_fmt(value),
+                    best=f"{stopper.best_objective:.4f}",
+                    lr=f"{lr:.2g}",
                 )
-            lr = float(run.optimizer.param_groups[0]["lr"])
-            seconds = time.perf_counter() - epoch_start
-            run.record(train_loss=train_loss, val_correlation=value, lr=lr, epoch_seconds=seconds)
-            if max_seconds is not None and run.elapsed() >= max_seconds:
-                stopper.stop(model, "max_seconds")
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{train_loss:.4g}",
-                val=_fmt(value),
-                best=f"{stopper.best_objective:.4f}",
-                lr=f"{lr:.2g}",
-            )
-            if cb is not None:
-                record = EpochRecord(
-                    epoch=current,
-                    train_loss=train_loss,
-                    val_correlation=value,
-                    lr=lr,
-                    seconds=seconds,
-                    best_epoch=stopper.best_epoch,
-                    best_val_correlation=stopper.best_objective,
-                    done=stopper.done,
-                    _state_fn=run.state_dict,
-                )
-                if _callback_stops(cb, record):
-                    stopper.stop(model, "callback")
-        if not stopper.done:
-            stopper.stop(model, "max_iter")
-    finally:
-        bar.close()
+                if cb is not None:
+                    record = EpochRecord(
+                        epoch=current,
+                        train_loss=train_loss,
+                        val_correlation=value,
+                        lr=lr,
+                        seconds=seconds,
+                        best_epoch=stopper.best_epoch,
+                        best_val_correlation=stopper.best_objective,
+                        done=stopper.done,
+                        _state_fn=run.state_dict,
+                    )
+                    if _callback_stops(cb, record):
+                        stopper.stop(model, "callback")
+            if not stopper.done:
+                stopper.stop(model, "max_iter")
+        finally:
+            bar.close()
 
     model.eval()
     score = float(objective(model))
@@ -313,7 +337,9 @@ def _new_run(
     track_training: bool,
 ) -> TrainingRun:
     """Adam, ``ReduceLROnPlateau`` on the objective and early stopping, held by a new :class:`TrainingRun`."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_init)
+    # a model may give its own parameter groups (a transferred core's learning rate, a frozen core)
+    groups = model.parameter_groups(lr_init) if hasattr(model, "parameter_groups") else model.parameters()
+    optimizer = torch.optim.Adam(groups, lr=lr_init)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
         mode="max" if maximize else "min",

@@ -147,6 +147,9 @@ class MultiReadoutBase(nn.ModuleDict):
         if not isinstance(readout_cls, type) or not issubclass(readout_cls, nn.Module):
             raise TypeError(f"base_readout must be a readout class, got {readout_cls!r}")
         self.base_readout = readout_cls
+        # the options every session's readout was built with, for add_sessions (not in the state dict)
+        self._session_kwargs = dict(kwargs)
+        self._clone_readout = bool(clone_readout)
         if not n_neurons_dict:
             raise ValueError("n_neurons_dict is empty: at least one session is needed")
         missing = [k for k in n_neurons_dict if k not in in_shape_dict]
@@ -180,6 +183,70 @@ class MultiReadoutBase(nn.ModuleDict):
         # neuralpredictors initialises twice (in each readout and here): kept so that a seeded
         # build draws the same random numbers and gives the same initial parameters
         self.initialize(mean_activity_dict)
+
+    def add_sessions(
+        self,
+        in_shape_dict: Mapping[str, Any],
+        n_neurons_dict: Mapping[str, int],
+        mean_activity_dict: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Add a readout for each new session (e.g. a new recording read from a pretrained core).
+
+        The new readouts are built with the options this multi-readout was built with (``kwargs``
+        given here override them; per-session entries such as ``source_grids`` or
+        ``shared_match_ids`` must include the new sessions), and initialised with the new sessions'
+        mean activity when given. The existing sessions are untouched.
+
+        Args:
+            in_shape_dict: ``{data_key: (c, h, w)}`` of the core output for the new sessions.
+            n_neurons_dict: ``{data_key: N}`` of the new sessions (in the order they are added).
+            mean_activity_dict: ``{data_key: (N,) mean responses}`` to initialise the biases.
+            **kwargs: readout options overriding the stored ones.
+
+        Returns:
+            The data keys added.
+
+        Raises:
+            ValueError: a session that exists already, or a shape/mean-activity entry missing.
+        """
+        existing = [k for k in n_neurons_dict if k in self]
+        if existing:
+            raise ValueError(f"the readout already has sessions {existing}; add_sessions adds new ones only")
+        missing = [k for k in n_neurons_dict if k not in in_shape_dict]
+        if missing:
+            raise ValueError(f"in_shape_dict has no shape for sessions {missing}")
+        if mean_activity_dict is not None:
+            missing = [k for k in n_neurons_dict if k not in mean_activity_dict]
+            if missing:
+                raise ValueError(f"mean_activity_dict has no entry for sessions {missing}")
+        options = {**self._session_kwargs, **kwargs}
+        first_key = next(iter(self.keys()))
+        added = []
+        for data_key, n_neurons in n_neurons_dict.items():
+            if not isinstance(data_key, str) or not data_key or "." in data_key:
+                raise ValueError(f"data_key must be a non-empty string without '.', got {data_key!r}")
+            mean_activity = mean_activity_dict[data_key] if mean_activity_dict is not None else None
+            if self._clone_readout:
+                self._check_clonable(
+                    first_key,
+                    data_key,
+                    {**in_shape_dict, first_key: self[first_key].in_shape},
+                    {**n_neurons_dict, first_key: self[first_key].outdims},
+                )
+                readout = ClonedReadout(self[first_key])
+            else:
+                readout_kwargs = self.prepare_readout_kwargs(len(self), data_key, first_key, **options)
+                readout = self.base_readout(
+                    in_shape=in_shape_dict[data_key],
+                    outdims=int(n_neurons),
+                    mean_activity=mean_activity,
+                    **readout_kwargs,
+                )
+            readout.initialize(mean_activity)
+            self.add_module(data_key, readout)
+            added.append(data_key)
+        return added
 
     @staticmethod
     def _check_clonable(first_key, data_key, in_shape_dict, n_neurons_dict) -> None:
