@@ -38,6 +38,7 @@ from .configs import (
     Model,
     Seed,
     Trainer,
+    atomic,
     config_definition,
     config_dict,
 )
@@ -375,7 +376,7 @@ def register_transfer(
     connection = TransferSource.connection
     Seed().insert1({"seed": int(seed)}, skip_duplicates=True)
     who = Fabrikant.ensure(fabrikant)
-    with connection.transaction:
+    with atomic(connection):  # inside a registration file's transaction too
         TransferSource().insert1(source_row, skip_duplicates=True)
         if table is TrainedModel:
             TransferSource.Trained().insert1({"source_hash": hash_, **source_key}, skip_duplicates=True)

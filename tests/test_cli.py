@@ -249,7 +249,12 @@ def test_register_workers_status_results_report(cli):
     cli.activate()
     assert len(schemas.Ensemble()) == 2 and len(schemas.MEI()) == 2 and len(schemas.EnsembleScore()) == 2
     lines = [line for log in logs for line in log.splitlines()]
+    # the transfer tables have nothing to do here (no transfer registered): their logs are
+    # tested in tests/test_schemas_transfer.py
     for name, table in schemas.computed_tables().items():
+        if name.startswith("Transfer"):
+            assert len(table) == 0, name
+            continue
         starts = [line for line in lines if f"start {name} " in line]
         dones = [line for line in lines if f"done  {name} " in line]
         assert len(starts) == len(dones) == len(table) > 0, (name, "\n".join(logs))
