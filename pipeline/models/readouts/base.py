@@ -17,7 +17,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from pipeline.kernels import sample_and_weight
 
 __all__ = [
     "ConfigurationError",
@@ -302,8 +303,7 @@ class Readout(nn.Module, abc.ABC):
         """
         if shift is not None:
             grid = grid + shift[:, None, None, :]
-        sampled = F.grid_sample(x, grid, align_corners=align_corners)  # (B, C, N', 1)
-        y = (sampled.squeeze(-1) * features).sum(1)
+        y = sample_and_weight(x, grid, features, align_corners)
         if bias is not None:
             y = y + bias
         return y
