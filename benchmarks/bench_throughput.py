@@ -8,23 +8,29 @@ parts) + sensorium's ``standard_trainer``, imported from ``shared/peers/sensoriu
 Both train the Sensorium 2022 SOTA configuration from the same initial weights (ours are loaded
 into the peer's model with ``strict=True``), with the same thread count, batch size and schedule.
 
-Epochs: an epoch is the training over the first ``--steps`` × batch-size train trials (file order;
-both sides identical, a fixed number of optimiser steps) + the evaluation on the whole validation
-tier. The first epoch (it reads the files) is reported apart; the ratio uses the median of the
-steady-state epochs. The peer's epoch times come from its ``cb`` hook, which sensorium's trainer
-calls at the start of every epoch (so ``--epochs`` + 1 epochs are run on its side).
+Epochs: by default an epoch is the whole train tier (4472 trials on the real subset) + the
+evaluation on the whole validation tier, as users run it; ``--steps K`` trains only on the first
+K x batch-size train trials (file order; both sides identical) for quicker scaling runs. The first
+epoch (it reads the files) is reported apart; the ratio uses the median of the steady-state
+epochs. The peer's epoch times come from its ``cb`` hook, which sensorium's trainer calls at the
+start of every epoch (so ``--epochs`` + 1 epochs are run on its side).
 
 Neuron counts beyond the real subset's 1000 are made by tiling its neurons (responses, coordinates,
 statistics; unit ids made unique) into a dataset under a temporary folder that both sides read.
 
 Printed: per configuration (neurons, batch size, image scale) a row with ours' and the peer's
-first-epoch and steady-state seconds per epoch and the ratio peer / ours, plus the validation
-correlation after every epoch of both (the curves; they differ by the two sides' shuffling streams).
+first-epoch and steady-state seconds per epoch and the ratio ours / peer, the same for the variants
+asked for with ``--variants`` (ours again from the same weights and batches: ``kernels-off`` with
+``SYSID_CPU_KERNELS=0``, i.e. PyTorch's own operations instead of :mod:`pipeline.kernels`;
+``before`` also without the freed-memory reuse, i.e. ours as before the throughput work), and the
+validation correlation after every epoch of each (the curves; ours and its variants share weights
+and batches, so their curves must agree; the peer's differs by its own shuffling stream).
 
-Usage: ``python benchmarks/bench_throughput.py [--neurons 1000 5335] [--steps 8] [--epochs 3]
-[--batch-size 128] [--scale 1.0] [--threads 2] [--skip-peer] [--small] [--before]``; ``--before`` also
-trains ours with ``reuse_cpu_memory=False`` (the allocator as before, last column); ``--small`` uses the small
-configuration (a 3-layer 16-channel core without the grid predictor) instead of the SOTA one.
+Usage: ``python benchmarks/bench_throughput.py [--neurons 1000 5335] [--steps K] [--epochs 3]
+[--batch-size 128 ...] [--scale 1.0 ...] [--threads 2] [--skip-peer] [--small]
+[--variants kernels-off before]``; ``--small`` uses the small configuration (a 3-layer 16-channel
+core without the grid predictor) instead of the SOTA one. Neurons, batch sizes and scales given as
+lists are run as every combination (the scaling table).
 """
 
 from __future__ import annotations
@@ -112,6 +118,11 @@ def train_image_ids(path: Path, n_trials: int) -> list[int]:
     return [int(i) for i in frame_ids[np.flatnonzero(tiers == "train")[:n_trials]]]
 
 
+def _image_ids(path: Path, args: argparse.Namespace) -> list[list[int]] | None:
+    """The train trials of a ``--steps`` epoch (None: the whole train tier)."""
+    return None if args.steps is None else [train_image_ids(path, args.steps * args.batch_size)]
+
+
 def run_ours(path: Path, args: argparse.Namespace, model_config: dict, cache_dir: str, **trainer) -> dict:
     """Train ours for ``args.epochs``; seconds per epoch, validation curve, initial state."""
     from pipeline.data import static_loaders
@@ -124,7 +135,7 @@ def run_ours(path: Path, args: argparse.Namespace, model_config: dict, cache_dir
         seed=args.seed,
         normalize=True,
         cache_dir=cache_dir,
-        image_ids=[train_image_ids(path, args.steps * args.batch_size)],
+        image_ids=_image_ids(path, args),
         scale=args.scale if args.scale != 1.0 else None,
     )
     model = stacked_core_full_gauss_readout(loaders, seed=args.seed, **model_config)
@@ -156,7 +167,7 @@ def run_peer(path: Path, args: argparse.Namespace, model_config: dict, initial: 
         seed=args.seed,
         cuda=False,
         normalize=True,
-        image_ids=[train_image_ids(path, args.steps * args.batch_size)],
+        image_ids=_image_ids(path, args),
         scale=args.scale if args.scale != 1.0 else None,
     )
     model = sensorium.models.stacked_core_full_gauss_readout(loaders, seed=args.seed, **model_config)
@@ -201,22 +212,51 @@ def summary(epoch_s: list[float]) -> tuple[float, float]:
     return epoch_s[0], float(np.median(epoch_s[1:])) if len(epoch_s) > 1 else float("nan")
 
 
+VARIANTS = {
+    # name: (environment overrides, trainer keywords)
+    "kernels-off": ({"SYSID_CPU_KERNELS": "0"}, {}),
+    "before": ({"SYSID_CPU_KERNELS": "0"}, {"reuse_cpu_memory": False}),
+}
+
+
+def run_variant(name: str, path: Path, args: argparse.Namespace, model_config: dict, cache_dir: str) -> dict:
+    """``run_ours`` with a variant's environment and trainer keywords (restored afterwards)."""
+    env, trainer = VARIANTS[name]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return run_ours(path, args, model_config, cache_dir, **trainer)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", type=Path, default=REAL)
     parser.add_argument("--neurons", type=int, nargs="+", default=[1000, 5335])
-    parser.add_argument("--steps", type=int, default=8, help="optimiser steps (train batches) per epoch")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps (train batches) per epoch; default: the whole train tier",
+    )
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--scale", type=float, default=1.0, help="image scale (both sides)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[128])
+    parser.add_argument("--scale", type=float, nargs="+", default=[1.0], help="image scale (both sides)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--small", action="store_true", help="the small configuration instead of SOTA")
     parser.add_argument("--skip-peer", action="store_true")
     parser.add_argument(
-        "--before",
-        action="store_true",
-        help="also train ours as before the allocator change (reuse_cpu_memory=False), same weights and batches",
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(VARIANTS),
+        help="also train ours as these variants, from the same weights and batches",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -226,51 +266,56 @@ def main() -> None:
         raise SystemExit("--epochs must be >= 2 (the first epoch is reported apart)")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    from pipeline.kernels import kernel_status
     from pipeline.models.builders import SENSORIUM_SOTA_MODEL_CONFIG
 
     model_config = SMALL_MODEL if args.small else SENSORIUM_SOTA_MODEL_CONFIG
     print(
-        f"config={'small' if args.small else 'SOTA'} threads={args.threads} steps/epoch={args.steps} "
-        f"epochs={args.epochs} batch={args.batch_size} scale={args.scale} torch={torch.__version__}"
+        f"config={'small' if args.small else 'SOTA'} threads={args.threads} "
+        f"steps/epoch={args.steps or 'all'} epochs={args.epochs} torch={torch.__version__} "
+        f"kernels={kernel_status().get('state')}"
     )
-    print(
-        "| neurons | ours first s | ours s/epoch | peer first s | peer s/epoch | ours / peer | before s/epoch |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    header = "| neurons | batch | scale | ours first s | ours s/epoch | peer first s | peer s/epoch | ours / peer |"
+    header += "".join(f" {v} s/epoch |" for v in args.variants)
+    print(header)
+    print("|" + "---:|" * (8 + len(args.variants)))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for n_neurons in args.neurons:
             path = tiled_dataset(args.path, n_neurons, workdir)
-            ours = run_ours(path, args, model_config, str(workdir / "cache"))
-            row = {"neurons": n_neurons, "ours": ours["epoch_s"], "ours_val": ours["val"]}
-            o_first, o_steady = summary(ours["epoch_s"])
-            text = f"| {n_neurons} | {o_first:.2f} | {o_steady:.2f} |"
-            if not args.skip_peer:
-                peer = run_peer(path, args, model_config, ours["initial"], workdir)
-                p_first, p_steady = summary(peer["epoch_s"][: args.epochs])
-                row.update(peer=peer["epoch_s"], peer_val=peer["val"])
-                text += f" {p_first:.2f} | {p_steady:.2f} | {o_steady / p_steady:.2f} |"
-            else:
-                text += " - | - | - |"
-            if args.before:
-                before = run_ours(path, args, model_config, str(workdir / "cache"), reuse_cpu_memory=False)
-                row.update(before=before["epoch_s"], before_val=before["val"])
-                text += f" {summary(before['epoch_s'])[1]:.2f} |"
-            else:
-                text += " - |"
-            print(text, flush=True)
-            results.append(row)
+            for batch_size in args.batch_size:
+                for scale in args.scale:
+                    run_args = argparse.Namespace(**{**vars(args), "batch_size": batch_size, "scale": scale})
+                    ours = run_ours(path, run_args, model_config, str(workdir / "cache"))
+                    row = {"neurons": n_neurons, "batch": batch_size, "scale": scale}
+                    row.update(ours=ours["epoch_s"], ours_val=ours["val"])
+                    o_first, o_steady = summary(ours["epoch_s"])
+                    text = f"| {n_neurons} | {batch_size} | {scale:g} | {o_first:.2f} | {o_steady:.2f} |"
+                    if not args.skip_peer:
+                        peer = run_peer(path, run_args, model_config, ours["initial"], workdir)
+                        p_first, p_steady = summary(peer["epoch_s"][: args.epochs])
+                        row.update(peer=peer["epoch_s"], peer_val=peer["val"])
+                        text += f" {p_first:.2f} | {p_steady:.2f} | {o_steady / p_steady:.2f} |"
+                    else:
+                        text += " - | - | - |"
+                    for name in args.variants:
+                        variant = run_variant(name, path, run_args, model_config, str(workdir / "cache"))
+                        row[name] = variant["epoch_s"]
+                        row[f"{name}_val"] = variant["val"]
+                        text += f" {summary(variant['epoch_s'])[1]:.2f} |"
+                    print(text, flush=True)
+                    results.append(row)
     for row in results:
-        print(f"{row['neurons']} neurons: ours val corr per epoch {np.round(row['ours_val'], 4).tolist()}")
-        if "before_val" in row:
-            print(
-                f"{row['neurons']} neurons: before val corr per epoch {np.round(row['before_val'], 4).tolist()}"
-            )
-        if "peer_val" in row:
-            print(
-                f"{row['neurons']} neurons: peer val corr per epoch {np.round(row['peer_val'], 4).tolist()}"
-            )
+        label = f"{row['neurons']} neurons, batch {row['batch']}, scale {row['scale']:g}"
+        for side in ["ours", *args.variants, "peer"]:
+            if f"{side}_val" in row:
+                curve = np.round(row[f"{side}_val"], 4).tolist()
+                extra = ""
+                if side in args.variants:
+                    gap = np.max(np.abs(np.asarray(row[f"{side}_val"]) - np.asarray(row["ours_val"])))
+                    extra = f" (max |difference| from ours {gap:.2g})"
+                print(f"{label}: {side} val corr per epoch {curve}{extra}")
     if args.json is not None:
         args.json.write_text(
             json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": results})

@@ -201,3 +201,16 @@ def test_training_steps_agree_with_kernels_off(monkeypatch, synthetic_loaders):
     for name, value in plain_state.items():
         if value.is_floating_point():
             _close(fused_state[name], value, rel=1e-4)
+
+
+@needs_kernels
+def test_kernels_step_aside_under_cpu_autocast():
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    weight = torch.randn(8, 1, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kernels.depthwise_conv2d(x, weight, padding=(1, 1))
+        z = kernels.sample_and_weight(y.float(), torch.zeros(2, 3, 1, 2), torch.ones(1, 8, 3))
+    assert type(y.grad_fn).__name__ != "_DepthwiseConv2dBackward"
+    assert type(z.grad_fn).__name__ != "_SampleAndWeightBackward"
+    z.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all()

@@ -37,12 +37,18 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
+    root, from_environment = cache_root()
+    return root if from_environment else root / "datasets"
+
+
+def cache_root() -> tuple[Path, bool]:
+    """``($SYSID_CACHE_DIR, True)``, else (the platform's user cache folder for "visual-sysid", False)."""
     env = os.environ.get("SYSID_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser(), True
     import platformdirs  # imported lazily: only needed when caching is on
 
-    return Path(platformdirs.user_cache_dir("visual-sysid")) / "datasets"
+    return Path(platformdirs.user_cache_dir("visual-sysid")), False
 
 
 def entry_path(key: str, cache_dir: str | os.PathLike | None = None) -> Path:

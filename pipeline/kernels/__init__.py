@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from pipeline.data.cache import cache_root
+
 __all__ = [
     "depthwise_conv2d",
     "kernel_status",
@@ -54,12 +56,7 @@ _COMPILE_TIMEOUT_S = 120
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("SYSID_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "kernels"
-    import platformdirs  # lazily: only when a kernel is built
-
-    return Path(platformdirs.user_cache_dir("visual-sysid")) / "kernels"
+    return cache_root()[0] / "kernels"
 
 
 def _cpu_signature() -> str:
@@ -146,16 +143,18 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
 
 
+def _switched_off() -> bool:
+    return os.environ.get("SYSID_CPU_KERNELS", "1").strip().lower() in _OFF
+
+
 def kernels_enabled() -> bool:
     """True when the kernels are switched on (``SYSID_CPU_KERNELS``, default on) and built."""
-    if os.environ.get("SYSID_CPU_KERNELS", "1").strip().lower() in _OFF:
-        return False
-    return _library() is not None
+    return not _switched_off() and _library() is not None
 
 
 def kernel_status() -> dict[str, str]:
     """Diagnostics: ``state`` (loaded / unavailable / off), the library's ``path`` or the ``reason``."""
-    if os.environ.get("SYSID_CPU_KERNELS", "1").strip().lower() in _OFF:
+    if _switched_off():
         return {"state": "off", "reason": "SYSID_CPU_KERNELS is off"}
     _library()
     return dict(_status)
@@ -168,9 +167,18 @@ def _functorch_active() -> bool:
         return False
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # pragma: no cover - torch < 2.4 takes no device type
+        return bool(torch.is_autocast_cpu_enabled())
+
+
 def _applies(*tensors: torch.Tensor) -> bool:
+    """float32 CPU tensors, outside autocast and ``torch.func`` transforms, kernels on and built."""
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not _cpu_autocast()
         and not _functorch_active()
         and kernels_enabled()
     )
@@ -232,8 +240,13 @@ class _DepthwiseConv2d(torch.autograd.Function):
                 list(ctx.padding), list(ctx.dilation), False, [0, 0], weight.shape[0],
                 [need_x, False, need_b and ctx.has_bias],
             )  # fmt: skip
-        if need_w:
+        if need_w and grad.dtype == torch.float32:
             grad_w = _depthwise_weight_grad(x, grad, weight.shape, ctx.padding, ctx.dilation)
+        elif need_w:  # an incoming gradient of another dtype: oneDNN's weight gradient
+            grad_w = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], list(ctx.padding), list(ctx.dilation), False, [0, 0],
+                weight.shape[0], [False, True, False],
+            )[1]  # fmt: skip
         return grad_x, grad_w, grad_b, None, None
 
 
