@@ -50,7 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC", "-fopenmp")
+_FLAGS = ("-O3", "-std=c11", "-shared", "-fPIC")
 _OFF = {"0", "false", "off", "no"}
 _COMPILE_TIMEOUT_S = 120
 
@@ -72,9 +72,12 @@ def _cpu_signature() -> str:
 
 def _compile(compiler: str, extra: Sequence[str], target: Path) -> str | None:
     """Build the library at ``target`` (atomically); None on success, else the compiler's complaint."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+    except OSError as error:  # e.g. a read-only cache folder
+        return f"cannot write {target.parent}: {error}"
     try:
         done = subprocess.run(
             [compiler, *_FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"],
@@ -96,30 +99,32 @@ def _compile(compiler: str, extra: Sequence[str], target: Path) -> str | None:
 _status: dict[str, str] = {}
 
 
+#: flag sets tried in order: native vector instructions and PyTorch's OpenMP threads first; a
+#: compiler without OpenMP (e.g. Apple's clang) still gives correct, single-threaded kernels
+_VARIANTS = (("-fopenmp", "-march=native"), ("-fopenmp",), ())
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (the reason goes to :func:`kernel_status`)."""
     compiler = os.environ.get("CC") or "cc"
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+        compiler_id = version.stdout.splitlines()[0] if version.stdout else compiler
+    except (OSError, subprocess.SubprocessError) as error:
+        _status.update(state="unavailable", reason=f"no C compiler ({compiler}): {error}")
+        logger.info("CPU kernels unavailable, using PyTorch's operations: %s", _status["reason"])
+        return None
     source = SOURCE.read_bytes()
     errors = []
-    for extra in (("-march=native",), ()):
-        try:
-            version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
-            compiler_id = version.stdout.splitlines()[0] if version.stdout else compiler
-        except (OSError, subprocess.SubprocessError) as error:
-            _status.update(state="unavailable", reason=f"no C compiler ({compiler}): {error}")
-            logger.info("CPU kernels unavailable: %s", _status["reason"])
-            return None
-        digest = hashlib.sha256(
-            b"\0".join(
-                [source, " ".join(_FLAGS + extra).encode(), compiler_id.encode(), _cpu_signature().encode()]
-            )
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"cpu_kernels-{digest}.so"
+    for extra in _VARIANTS:
+        flags = " ".join(_FLAGS + extra)
+        key = b"\0".join([source, flags.encode(), compiler_id.encode(), _cpu_signature().encode()])
+        target = _cache_dir() / f"cpu_kernels-{hashlib.sha256(key).hexdigest()[:16]}.so"
         if not target.exists():
             error = _compile(compiler, extra, target)
             if error is not None:
-                errors.append(f"{' '.join(extra) or 'plain'}: {error}")
+                errors.append(f"{flags}: {error}")
                 continue
         try:
             lib = ctypes.CDLL(str(target))
@@ -127,7 +132,7 @@ def _library() -> ctypes.CDLL | None:
             errors.append(f"{target}: {error}")
             continue
         _declare(lib)
-        _status.update(state="loaded", path=str(target), flags=" ".join(_FLAGS + extra))
+        _status.update(state="loaded", path=str(target), flags=flags)
         return lib
     _status.update(state="unavailable", reason="; ".join(errors))
     logger.warning("CPU kernels could not be built, using PyTorch's operations: %s", _status["reason"])
