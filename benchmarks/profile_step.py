@@ -8,8 +8,13 @@ the recorded operations (Python, the autograd engine), and the wall time per ste
 without the profiler. ``--kernels off`` profiles PyTorch's own operations instead of
 :mod:`pipeline.kernels` (``SYSID_CPU_KERNELS=0``).
 
+On this machine the profiler itself stretches a step 3-4x (its per-operation bookkeeping), so the
+table's shares matter more than its milliseconds; ``--ops`` therefore also times the step's
+operations one by one at the SOTA shapes without the profiler (best of 5; forward and backward;
+oneDNN and PyTorch against the kernels of :mod:`pipeline.kernels`).
+
 Usage: ``python benchmarks/profile_step.py [--neurons 1000] [--batch-size 128] [--threads 2]
-[--steps 4] [--warmup 2] [--kernels on|off]``.
+[--steps 4] [--warmup 2] [--kernels on|off] [--ops]``.
 """
 
 from __future__ import annotations
@@ -78,6 +83,81 @@ def _group(name: str, shapes: list) -> str:
     return "other operations"
 
 
+def _best_ms(fn, reps: int = 5) -> float:
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+def time_operations(batch: int, neurons: int) -> list[tuple[str, float, float]]:
+    """(operation, ms ours, ms PyTorch/oneDNN) per call at the SOTA core's hidden-layer shapes."""
+    import torch.nn.functional as F
+
+    from pipeline import kernels
+
+    channels, height, width = 64, 28, 56
+    cl = torch.channels_last
+    x = torch.randn(batch, channels, height, width).contiguous(memory_format=cl)
+    grad = torch.randn_like(x)
+    pointwise = torch.randn(channels, channels, 1, 1).contiguous(memory_format=cl)
+    depthwise = torch.randn(channels, 1, 7, 7)
+    conv_bwd = torch.ops.aten.convolution_backward
+    dw_args = (grad, x, depthwise, None, [1, 1], [3, 3], [1, 1], False, [0, 0], channels)
+    pw_args = (grad, x, pointwise, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+    bn = torch.nn.BatchNorm2d(channels).to(memory_format=cl)
+    xg = x.clone().requires_grad_()
+
+    def bn_elu_fwd_bwd() -> None:
+        xg.grad = None
+        F.elu(bn(xg)).backward(grad)
+
+    rows = [
+        ("1x1 conv forward", None, _best_ms(lambda: F.conv2d(x, pointwise))),
+        (
+            "1x1 conv backward (input + weight)",
+            None,
+            _best_ms(lambda: conv_bwd(*pw_args, [True, True, False])),
+        ),
+        ("depthwise 7x7 forward", None, _best_ms(lambda: F.conv2d(x, depthwise, None, 1, 3, 1, channels))),
+        ("depthwise 7x7 input gradient", None, _best_ms(lambda: conv_bwd(*dw_args, [True, False, False]))),
+        (
+            "depthwise 7x7 weight gradient",
+            _best_ms(lambda: kernels._depthwise_weight_grad(x, grad, depthwise.shape, (3, 3), (1, 1)))
+            if kernels.kernels_enabled()
+            else None,
+            _best_ms(lambda: conv_bwd(*dw_args, [False, True, False])),
+        ),
+        ("batch norm + ELU forward and backward", None, _best_ms(bn_elu_fwd_bwd)),
+    ]
+    grid = (torch.rand(batch, neurons, 1, 2) * 0.6 - 0.3).requires_grad_()
+    features = torch.randn(1, channels, neurons, requires_grad=True)
+    xr = x.clone().requires_grad_()
+    dy = torch.randn(batch, neurons)
+
+    def readout(fused: bool):
+        def run() -> None:
+            xr.grad = grid.grad = features.grad = None
+            if fused:
+                y = kernels.sample_and_weight(xr, grid, features)
+            else:
+                y = (F.grid_sample(xr, grid.contiguous(), align_corners=True).squeeze(-1) * features).sum(1)
+            y.backward(dy)
+
+        return run
+
+    rows.append(
+        (
+            f"Gaussian readout forward and backward, {neurons} neurons",
+            _best_ms(readout(True)) if kernels.kernels_enabled() else None,
+            _best_ms(readout(False)),
+        )
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", type=Path, default=REAL)
@@ -87,6 +167,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernels", choices=["on", "off"], default="on")
+    parser.add_argument("--ops", action="store_true", help="also time the operations one by one")
     args = parser.parse_args()
     if args.kernels == "off":
         os.environ["SYSID_CPU_KERNELS"] = "0"
@@ -151,6 +232,21 @@ def main() -> None:
     for name, ms in sorted(rows.items(), key=lambda kv: -kv[1]):
         if ms >= 0.5:
             print(f"| {name} | {ms:.0f} | {100 * ms / total:.0f} % |")
+    if args.ops:
+        from pipeline.training.cpu_memory import reuse_freed_memory
+
+        with reuse_freed_memory(True):
+            rows = time_operations(args.batch_size, args.neurons)
+        print(
+            f"\nOperations one by one (batch {args.batch_size}, 64 x 28 x 56 features, ms per call, best of 5):"
+        )
+        print("| operation | ours (kernel) | PyTorch / oneDNN | ratio |")
+        print("|---|---:|---:|---:|")
+        for name, ours, reference in rows:
+            if ours is None:
+                print(f"| {name} | (same) | {reference:.1f} | 1 |")
+            else:
+                print(f"| {name} | {ours:.1f} | {reference:.1f} | {reference / ours:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from pipeline import kernels
 from pipeline.models.cores import DepthSeparableConv2d, DepthwiseConv2d
 
-needs_kernels = pytest.mark.skipif(not kernels.kernels_enabled(), reason="no C compiler: kernels not built")
+
+@pytest.fixture
+def built():
+    """Skip where the kernels cannot be built (no C compiler); built inside the test session's cache."""
+    if not kernels.kernels_enabled():
+        pytest.skip(f"CPU kernels not built: {kernels.kernel_status().get('reason')}")
+
+
+needs_kernels = pytest.mark.usefixtures("built")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 2e-5) -> None:

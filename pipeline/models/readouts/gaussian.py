@@ -389,7 +389,7 @@ class FullGaussian2d(SharedFeatures, _GaussianReadout):
         if self.return_weighted_features:
             if shift is not None:
                 grid = grid + shift[:, None, None, :]
-            sampled = nn.functional.grid_sample(x, grid, align_corners=self.align_corners)
+            sampled = nn.functional.grid_sample(x, grid.contiguous(), align_corners=self.align_corners)
             return sampled.squeeze(-1) * feat
         return super()._read_at_grid(x, grid, feat, bias, shift)
 
