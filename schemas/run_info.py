@@ -105,11 +105,21 @@ def device_used(model, output: Mapping[str, Any] | None = None) -> str:
 
 def run_info(model, output: Mapping[str, Any] | None, seconds: float) -> dict[str, Any]:
     """The columns that say where and with what a training ran (``seconds`` of wall time)."""
+    device = device_used(model, output)
+    versions = package_versions()
+    if device.startswith("cpu"):
+        # CPU results depend, at float32 rounding, on the kernels' path and the thread count
+        import torch
+
+        from pipeline.kernels import kernel_status
+
+        versions["cpu_kernels"] = kernel_status().get("state", "unknown")
+        versions["torch_threads"] = str(torch.get_num_threads())
     return {
         "seconds": seconds,
         "host": host_name(),
-        "device": device_used(model, output),
-        "package_versions": package_versions(),
+        "device": device,
+        "package_versions": versions,
         "git_commit": git_commit(),
     }
 

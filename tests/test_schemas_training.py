@@ -57,6 +57,8 @@ def test_populate_stores_result_progress_and_loads_back(empty_db):
         row["model_state"]["weight"], np.ndarray
     )
     assert row["package_versions"]["torch"] and row["host"]
+    assert row["package_versions"]["cpu_kernels"] in {"loaded", "unavailable", "off"}
+    assert int(row["package_versions"]["torch_threads"]) >= 1
     progress = (TrainingProgress() & key).to_dicts(order_by="epoch")
     assert [p["epoch"] for p in progress] == [1, 2, 3]
     assert np.allclose([p["val_correlation"] for p in progress], row["output"]["val_correlation"])
