@@ -1,5 +1,10 @@
 """Training speed: our trainer and data pipeline vs the same model and schedule built from neuralpredictors 0.3.0.
 
+The throughput ratio the project quotes is measured against sensorium's own pipeline by
+``bench_throughput.py`` (whole epochs, sensorium's loaders, builder and trainer); this script's peer
+is a loop written here over neuralpredictors parts, kept for ``--converge`` (ours trained to
+convergence with the full SOTA schedule).
+
 Both sides train the Sensorium 2022 SOTA configuration (COMPAT.md §3; core without conv biases as in
 sensorium's builder) on the real Lurz 2020 subset (images already 36 × 64, so scale=1), with the
 same seed, the same initial weights (ours are copied into the peer model with ``strict=True``), the
