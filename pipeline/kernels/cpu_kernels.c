@@ -15,7 +15,7 @@
 /* Weight gradient of a depthwise convolution (stride 1), added to out (double, [KH, KW, C]):
  * out[i, j, c] += sum over b, ho, wo of x[b, ho + i*dil_h - pad_h, wo + j*dil_w - pad_w, c] * g[b, ho, wo, c]
  * x: [B, H, W, C]; g: [B, Ho, Wo, C]; scratch: KH*KW*C floats (one image's sums, kept in float). */
-static void depthwise_weight_grad_range(const float *restrict x, const float *restrict g, double *restrict out,
+__attribute__((noinline)) static void depthwise_weight_grad_range(const float *restrict x, const float *restrict g, double *restrict out,
                            float *restrict scratch, int64_t b0, int64_t b1, int64_t H, int64_t W,
                            int64_t C, int64_t Ho, int64_t Wo, int64_t KH, int64_t KW, int64_t pad_h,
                            int64_t pad_w, int64_t dil_h, int64_t dil_w) {
@@ -94,7 +94,7 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
 
 /* y[b, n] = sum_c feat[n, c] * bilinear(x[b, :, :, c], grid[b, n]) for the images [b0, b1).
  * x: [B, H, W, C]; grid: [B, N, 2] (x along the width, y along the height, in [-1, 1]); feat: [N, C]. */
-static void readout_forward_range(const float *restrict x, const float *restrict grid, const float *restrict feat,
+__attribute__((noinline)) static void readout_forward_range(const float *restrict x, const float *restrict grid, const float *restrict feat,
                      float *restrict y, int64_t b0, int64_t b1, int64_t H, int64_t W, int64_t C,
                      int64_t N) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -114,7 +114,7 @@ static void readout_forward_range(const float *restrict x, const float *restrict
 /* Gradients of readout_forward for the images [b0, b1), given gy = dL/dy [B, N]:
  * gx (dL/dx, [B, H, W, C], zero on entry, or NULL), ggrid ([B, N, 2], or NULL) and gfeat (this
  * thread's [N, C] buffer, zero on entry, or NULL). */
-static void readout_backward_range(const float *restrict x, const float *restrict grid, const float *restrict feat,
+__attribute__((noinline)) static void readout_backward_range(const float *restrict x, const float *restrict grid, const float *restrict feat,
                       const float *restrict gy, float *restrict gx, float *restrict ggrid,
                       float *restrict gfeat, int64_t b0, int64_t b1, int64_t H, int64_t W, int64_t C,
                       int64_t N) {
