@@ -238,20 +238,18 @@ class _DepthwiseConv2d(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_b = grad_w = None
-        if need_x or need_b:
-            grad_x, _, grad_b = torch.ops.aten.convolution_backward(
+        need_b = need_b and ctx.has_bias
+        # the kernel takes float32 gradients; any other dtype gets oneDNN's weight gradient too
+        fused_w = need_w and grad.dtype == torch.float32
+        grad_x = grad_w = grad_b = None
+        if need_x or need_b or (need_w and not fused_w):
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
                 grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
                 list(ctx.padding), list(ctx.dilation), False, [0, 0], weight.shape[0],
-                [need_x, False, need_b and ctx.has_bias],
+                [need_x, need_w and not fused_w, need_b],
             )  # fmt: skip
-        if need_w and grad.dtype == torch.float32:
+        if fused_w:
             grad_w = _depthwise_weight_grad(x, grad, weight.shape, ctx.padding, ctx.dilation)
-        elif need_w:  # an incoming gradient of another dtype: oneDNN's weight gradient
-            grad_w = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], list(ctx.padding), list(ctx.dilation), False, [0, 0],
-                weight.shape[0], [False, True, False],
-            )[1]  # fmt: skip
         return grad_x, grad_w, grad_b, None, None
 
 
