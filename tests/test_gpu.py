@@ -15,6 +15,7 @@ import torch
 from pipeline.data import make_synthetic_dataset, static_loaders
 from pipeline.models.builders import stacked_core_full_gauss_readout
 from pipeline.training import standard_trainer
+from tests.model_configs import TINY_SOTA_MODEL
 
 pytestmark = [
     pytest.mark.cuda,
@@ -22,26 +23,7 @@ pytestmark = [
 ]
 
 SIZES = dict(n_train=96, n_validation=32, n_test_images=4, n_repeats=4, image_shape=(24, 32))
-MODEL = dict(
-    hidden_channels=8,
-    input_kern=7,
-    hidden_kern=3,
-    layers=3,
-    gamma_input=6.3831,
-    gamma_readout=0.0076,
-    depth_separable=True,
-    stack=-1,
-    grid_mean_predictor={
-        "type": "cortex",
-        "input_dimensions": 2,
-        "hidden_layers": 1,
-        "hidden_features": 8,
-        "final_tanh": True,
-    },
-    init_sigma=0.1,
-    init_mu_range=0.3,
-    core_bias=False,
-)
+MODEL = TINY_SOTA_MODEL
 TRAINER = dict(lr_init=0.009, lr_decay_steps=4, avg_loss=False, progress=False, verbose=False)
 
 

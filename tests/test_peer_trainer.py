@@ -27,31 +27,12 @@ from pipeline.data import make_synthetic_dataset, static_loaders
 from pipeline.models import stacked_core_full_gauss_readout
 from pipeline.training import standard_trainer
 from pipeline.training.loss_scale import loss_scale_trials
+from tests.model_configs import TINY_SOTA_MODEL
 from tests.sensorium_peer import import_sensorium, peer_copy, scheduler_without_verbose
 
 SIZES = dict(n_train=40, n_validation=16, n_test_images=4, n_repeats=4, image_shape=(20, 28))
 DATA = dict(batch_size=8, include_behavior=True, include_eye_position=True, cuda=False)
-MODEL = dict(
-    hidden_channels=8,
-    input_kern=7,
-    hidden_kern=3,
-    layers=3,
-    gamma_input=6.3831,
-    gamma_readout=0.0076,
-    depth_separable=True,
-    stack=-1,
-    grid_mean_predictor={
-        "type": "cortex",
-        "input_dimensions": 2,
-        "hidden_layers": 1,
-        "hidden_features": 8,
-        "final_tanh": True,
-    },
-    init_sigma=0.1,
-    init_mu_range=0.3,
-    shifter=True,
-    core_bias=False,
-)
+MODEL = {**TINY_SOTA_MODEL, "shifter": True}
 TRAINER = dict(max_iter=1, lr_init=0.009, lr_decay_steps=4, avg_loss=False, device="cpu", restore_best=False)
 SEED = 42
 
